@@ -1,0 +1,3 @@
+"""Datasets, the resumable sampler and the loader. Importing it registers Kiln's datasets."""
+
+from data import digits  # noqa: F401  (registers Digits)

@@ -1,0 +1,73 @@
+"""Build DataLoaders that fetch whole batches and make augmentation a function of the sample."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from data.sampler import ResumableBatchSampler
+from utils.seed import isolated_rng, sample_seeds, seed_sample
+
+
+class BatchFetcher(Dataset):
+    """Turns one `(epoch, indices)` request of the sampler into a collated batch.
+
+    Datasets that live in memory define `get_batch(indices, seeds)` and are fetched with one
+    index_select per batch. Any other map-style dataset is read sample by sample, each sample
+    under generators seeded by (seed, epoch, index), so its random transforms do not depend on
+    the worker that runs them or on where a run was resumed.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        """The wrapped dataset's length."""
+        return len(self.dataset)
+
+    def __getitem__(self, request: tuple[int, torch.Tensor]):
+        """The batch for `request` = (epoch, sample indices)."""
+        epoch, indices = request
+        seeds = sample_seeds(self.seed, epoch, indices)
+        get_batch = getattr(self.dataset, "get_batch", None)
+        if get_batch is not None:
+            return get_batch(indices, seeds)
+        with isolated_rng():
+            samples = []
+            for index, seed in zip(indices.tolist(), seeds.tolist(), strict=True):
+                seed_sample(seed)
+                samples.append(self.dataset[index])
+        return default_collate(samples)
+
+
+def build_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    seed: int,
+    train: bool,
+    num_workers: int,
+    pin_memory: bool,
+    rank: int = 0,
+    world_size: int = 1,
+) -> DataLoader:
+    """A DataLoader over `dataset` driven by a ResumableBatchSampler (`loader.sampler`).
+
+    Training batches are shuffled and full (drop_last); validation batches are in order and
+    cover every sample exactly once.
+    """
+    sampler = ResumableBatchSampler(
+        len(dataset), batch_size, seed=seed, shuffle=train, drop_last=train, rank=rank, world_size=world_size
+    )
+    return DataLoader(
+        BatchFetcher(dataset, seed),
+        sampler=sampler,
+        batch_size=None,  # the sampler yields whole batches; the fetcher collates them
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+        # A private generator: the loader draws its workers' base seed from it, not from the
+        # global torch RNG that dropout uses, so creating an iterator never shifts that stream.
+        generator=torch.Generator().manual_seed(seed),
+    )

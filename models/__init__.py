@@ -1,0 +1,3 @@
+"""Reference networks. Importing this package registers every model in trainer.registry.MODELS."""
+
+from models import simple_cnn  # noqa: F401  (registers SimpleCNN, MLP)

@@ -1,0 +1,39 @@
+"""Kiln's command line: python train.py -c CONFIG [--print-config] [KEY=VALUE ...]."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """-c CONFIG, --print-config, and dotted KEY=VALUE overrides (VALUE is parsed as YAML)."""
+    parser = argparse.ArgumentParser(
+        description="Train the experiment one YAML config describes.",
+        epilog="example: python train.py -c configs/digits_cnn.yaml train.total_iters=500 optimizer.lr=3e-4",
+    )
+    parser.add_argument("-c", "--config", required=True, help="the experiment's YAML file")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config key = YAML value")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, load the config, train; exit 2 with one line on a bad input."""
+    args = parse_args(argv)  # before importing torch, so --help stays fast
+    from trainer import InputError, run
+    from trainer.config import dump_config, load_config
+
+    try:
+        config = load_config(args.config, args.overrides)
+        if args.print_config:
+            print(dump_config(config), end="")
+            return 0
+        return run(config)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

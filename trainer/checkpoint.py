@@ -1,0 +1,287 @@
+"""CheckpointManager: save, load weights, resume, latest, prune; the two file formats.
+
+- `<name>_iter_<N>.pt` / `<name>_best.pt`: the full checkpoint (layout: `make_checkpoint`).
+- `<name>_iter_<N>.pth` / `<name>_best.pth`: weight-only, exactly `{"params": state_dict}`.
+
+Every write is atomic (utils.io) and every read uses `torch.load(..., weights_only=True)`:
+checkpoint files are untrusted input.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import shutil
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainer.errors import InputError
+from utils.io import atomic_torch_save
+
+FORMAT_VERSION = 1
+KEY_FORMAT = "format_version"
+KEY_MODEL = "model"
+KEY_OPTIMIZER = "optimizer"
+KEY_SCHEDULER = "scheduler"
+KEY_ITERATION = "iteration"
+KEY_EPOCH = "epoch"
+KEY_BEST = "best_metrics"
+KEY_CONFIG = "config"
+KEY_WEIGHTS = "params"  # the one key of a weight-only .pth (BasicSR's convention)
+
+# Where pretrain_key: auto looks, in order, before taking the file itself as the state dict.
+AUTO_WEIGHT_KEYS = ("params", "model", "state_dict")
+# Wrappers whose prefixes never belong in saved keys: DDP's `module.`, torch.compile's `_orig_mod.`.
+_WRAPPER_PREFIX = re.compile(r"(^|(?<=\.))(module|_orig_mod)\.")
+
+
+def make_checkpoint(
+    *,
+    model_state: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any | None,
+    trainer_state: dict[str, Any],
+    config: dict[str, Any],
+) -> dict[str, Any]:
+    """Build the full .pt checkpoint. Its layout (format_version 1):
+
+    format_version  int, FORMAT_VERSION
+    model           the model's state dict, keys free of `module.`/`_orig_mod.`
+    optimizer       optimizer.state_dict()
+    scheduler       scheduler.state_dict(), or None without a scheduler
+    config          the resolved config as a plain dict
+    iteration       optimizer steps completed            } from Trainer.state_dict(),
+    epoch           completed passes over the data       } which also adds what exact
+    best_metrics    {metric: value, "iteration": N} or {} } resume needs (sampler position,
+    ...                                                     RNG states)
+    """
+    return {
+        KEY_FORMAT: FORMAT_VERSION,
+        KEY_MODEL: model_state,
+        KEY_OPTIMIZER: optimizer.state_dict(),
+        KEY_SCHEDULER: scheduler.state_dict() if scheduler is not None else None,
+        KEY_CONFIG: config,
+        **trainer_state,
+    }
+
+
+def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop DDP (`module.`) and torch.compile (`_orig_mod.`) prefixes from every key."""
+    return {_WRAPPER_PREFIX.sub("", key): value for key, value in state.items()}
+
+
+def load_file(path: str | Path, what: str) -> Any:
+    """torch.load with weights_only=True; any failure is one InputError line naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} {path} does not exist; check the path")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" in str(error):
+            raise InputError(
+                f"{what} {path} was refused: it holds Python objects other than tensors and plain "
+                "containers, which could run code when loaded; only load it if you trust it, and "
+                "re-save its state dict with torch.save"
+            ) from None
+        raise InputError(f"{what} {path} is corrupt or truncated ({error}); use another file") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise InputError(f"{what} {path} is corrupt, truncated or not a PyTorch file ({reason}); use another file") from None
+
+
+def _is_state_dict(obj: Any) -> bool:
+    """A non-empty mapping of string keys to tensors."""
+    return (
+        isinstance(obj, dict)
+        and bool(obj)
+        and all(isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in obj.items())
+    )
+
+
+def extract_weights(obj: Any, key: str, path: Path) -> dict[str, torch.Tensor]:
+    """The state dict inside a loaded weights file: `obj[key]`, or for `auto` the first of
+    params, model, state_dict that holds one, else the file itself."""
+    if key == "auto":
+        for candidate in AUTO_WEIGHT_KEYS:
+            if isinstance(obj, dict) and _is_state_dict(obj.get(candidate)):
+                return obj[candidate]
+        if _is_state_dict(obj):
+            return obj
+        keys = sorted(obj)[:8] if isinstance(obj, dict) else []
+        raise InputError(
+            f"pretrain_path {path} holds no state dict under {', '.join(AUTO_WEIGHT_KEYS)} nor at its top level "
+            f"(its keys: {keys}); set pretrain_key to the entry that holds the weights"
+        )
+    if not isinstance(obj, dict) or key not in obj:
+        keys = sorted(obj)[:8] if isinstance(obj, dict) else []
+        raise InputError(f"pretrain_key {key!r} is not in {path} (its keys: {keys}); set pretrain_key to one of them or auto")
+    if not _is_state_dict(obj[key]):
+        raise InputError(f"pretrain_key {key!r} in {path} is not a state dict of tensors; pick another entry")
+    return obj[key]
+
+
+def revise_keys(state: dict[str, torch.Tensor], rules: list[list[str]]) -> dict[str, torch.Tensor]:
+    """Strip wrapper prefixes, then apply each [regex, replacement] rule to every key in turn."""
+    state = clean_state_dict(state)
+    for pattern, replacement in rules:
+        state = {re.sub(pattern, replacement, key): value for key, value in state.items()}
+    return state
+
+
+@dataclass
+class LoadReport:
+    """What a non-strict load left out."""
+
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        """True when anything differs."""
+        return bool(self.missing or self.unexpected or self.mismatched)
+
+    def describe(self, limit: int = 5) -> str:
+        """One line listing the first differing keys of each kind."""
+        parts = []
+        for label, keys in (("missing", self.missing), ("unexpected", self.unexpected), ("shape-mismatched", self.mismatched)):
+            if keys:
+                more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+                parts.append(f"{len(keys)} {label}: {', '.join(keys[:limit])}{more}")
+        return "; ".join(parts)
+
+
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], *, strict: bool, source: str) -> LoadReport:
+    """Load `state` into `model`. strict: any difference is an InputError naming the first keys;
+    otherwise the matching tensors load and the report lists the rest."""
+    own = model.state_dict()
+    report = LoadReport(
+        missing=[key for key in own if key not in state],
+        unexpected=[key for key in state if key not in own],
+        mismatched=[
+            f"{key} {tuple(state[key].shape)} vs {tuple(own[key].shape)}"
+            for key in own
+            if key in state and state[key].shape != own[key].shape
+        ],
+    )
+    if report and strict:
+        raise InputError(
+            f"{source} does not match the model ({report.describe()}); check that the config builds the same "
+            "architecture, or set strict_load: false to load only what matches"
+        )
+    matching = {key: value for key, value in state.items() if key in own and value.shape == own[key].shape}
+    model.load_state_dict(matching, strict=False)
+    return report
+
+
+class CheckpointManager:
+    """Writes and finds one experiment's checkpoints in `directory`.
+
+    Public API: `should_save`, `save`, `latest`, `load_checkpoint`, `load_weights`, `prune`,
+    `archive_existing`.
+    """
+
+    def __init__(self, directory: str | Path, name: str, keep_last: int | None = None) -> None:
+        self.directory = Path(directory)
+        self.name = name
+        self.keep_last = keep_last
+        self._iter_pattern = re.compile(rf"^{re.escape(name)}_iter_(\d+)\.pt$")
+        self._own_file = re.compile(rf"^{re.escape(name)}_(iter_\d+|best)\.pth?$")
+
+    def path(self, tag: str, suffix: str) -> Path:
+        """`<dir>/<name>_<tag><suffix>`, e.g. tag iter_500 or best, suffix .pt or .pth."""
+        return self.directory / f"{self.name}_{tag}{suffix}"
+
+    @staticmethod
+    def should_save(iteration: int, interval: int, total_iters: int) -> bool:
+        """Iteration checkpoints every `interval` iterations and at the last one."""
+        return iteration % interval == 0 or iteration == total_iters
+
+    def save(self, tag: str, checkpoint: dict[str, Any], weights: dict[str, torch.Tensor]) -> tuple[Path, Path]:
+        """Write `<name>_<tag>.pt` (the full checkpoint) and `.pth` (`{"params": weights}`)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        full, weight_only = self.path(tag, ".pt"), self.path(tag, ".pth")
+        atomic_torch_save(checkpoint, full)
+        atomic_torch_save({KEY_WEIGHTS: weights}, weight_only)
+        return full, weight_only
+
+    def iteration_checkpoints(self) -> list[tuple[int, Path]]:
+        """(N, path) of every complete `<name>_iter_<N>.pt`, oldest first.
+
+        Writes are atomic, so a file under its final name is complete: temporary files
+        (`.<name>.<pid>.tmp`) never match.
+        """
+        if not self.directory.is_dir():
+            return []
+        found = []
+        for path in self.directory.iterdir():
+            match = self._iter_pattern.match(path.name)
+            if match and path.is_file():
+                found.append((int(match.group(1)), path))
+        return sorted(found)
+
+    def latest(self) -> Path | None:
+        """The newest iteration checkpoint of this experiment, or None."""
+        checkpoints = self.iteration_checkpoints()
+        return checkpoints[-1][1] if checkpoints else None
+
+    def prune(self) -> list[Path]:
+        """Delete all but the newest `keep_last` iteration checkpoints (.pt and .pth); never best.
+
+        Called only after the newest save is complete, so a crash never leaves fewer than
+        keep_last complete checkpoints.
+        """
+        if self.keep_last is None:
+            return []
+        removed = []
+        for _, path in self.iteration_checkpoints()[: -self.keep_last]:
+            for victim in (path, path.with_suffix(".pth")):
+                if victim.exists():
+                    victim.unlink()
+                    removed.append(victim)
+        return removed
+
+    def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
+        """Load a full .pt for resuming; anything else is an InputError saying what it is."""
+        path = Path(path)
+        obj = load_file(path, "resume_path")
+        if isinstance(obj, dict) and KEY_FORMAT in obj and KEY_OPTIMIZER in obj:
+            if obj[KEY_FORMAT] > FORMAT_VERSION:
+                raise InputError(
+                    f"resume_path {path} has checkpoint format {obj[KEY_FORMAT]}, newer than this Kiln's "
+                    f"{FORMAT_VERSION}; update Kiln to resume it"
+                )
+            return obj
+        if isinstance(obj, dict) and set(obj) == {KEY_WEIGHTS}:
+            what = "a weight-only .pth ({'params': ...})"
+        elif _is_state_dict(obj):
+            what = "a bare state dict"
+        else:
+            what = f"not a Kiln checkpoint (keys: {sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__})"
+        raise InputError(
+            f"resume_path {path} is {what}, but resuming needs a full .pt checkpoint "
+            "(<name>_iter_<N>.pt); to start from these weights, set pretrain_path instead"
+        )
+
+    def load_weights(self, path: str | Path, key: str, rules: list[list[str]]) -> dict[str, torch.Tensor]:
+        """The model weights in any supported file (Kiln .pth/.pt, BasicSR, Lightning, plain)."""
+        path = Path(path)
+        return revise_keys(extract_weights(load_file(path, "pretrain_path"), key, path), rules)
+
+    def archive_existing(self, stamp: str) -> Path | None:
+        """Move this experiment's own weight files into `<dir>/<name>_archived_<stamp>/`."""
+        if not self.directory.is_dir():
+            return None
+        own = [path for path in self.directory.iterdir() if path.is_file() and self._own_file.match(path.name)]
+        if not own:
+            return None
+        target = self.directory / f"{self.name}_archived_{stamp}"
+        target.mkdir()
+        for path in own:
+            shutil.move(str(path), str(target / path.name))
+        return target

@@ -1,0 +1,502 @@
+"""The config door: YAML (safe_load) + `base` inheritance + KEY=VALUE overrides -> a typed Config.
+
+Everything a user can get wrong in a config is caught here, once, with one line that names
+the key path, what was given and what is expected. Code below the door reads only the frozen
+dataclasses defined in this module, never raw dicts. The keys and their defaults are the
+contract of DESIGN.md section 3.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import re
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from trainer.errors import InputError
+
+# ---------------------------------------------------------------------------------------------
+# YAML reading
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader plus the YAML 1.2 float rule, so that `3e-4` and `1e12` are floats.
+
+    PyYAML implements YAML 1.1, whose float pattern needs a dot: it reads `3e-4` as the string
+    "3e-4", which then fails far from the config (torch.optim's "'<=' not supported").
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML text with the safe loader; a syntax error names the line and column."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise InputError(f"{source}: not valid YAML{where}: {problem}; fix the syntax there") from None
+
+
+def _read_mapping(path: Path) -> dict:
+    """Read one config file, which must hold a non-empty mapping."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"config file {path} does not exist; check the path given to -c or base") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"config file {path} cannot be read ({error}); pass a readable UTF-8 YAML file") from None
+    document = parse_yaml(text, str(path))
+    if document is None:
+        raise InputError(f"config file {path} is empty; it needs at least the required keys (see configs/digits_cnn.yaml)")
+    if not isinstance(document, dict):
+        raise InputError(
+            f"config file {path}: the top level is a {_type_name(document)}, expected a mapping of keys "
+            "such as `name:` and `model:`"
+        )
+    return document
+
+
+def merge(parent: Any, child: Any) -> Any:
+    """Deep-merge `child` over `parent`: mappings key by key (child wins), lists replaced.
+
+    A component mapping (one with `type`) is replaced whole when the child names a different
+    type, so that an SGD child does not inherit AdamW's kwargs.
+    """
+    if not (isinstance(parent, dict) and isinstance(child, dict)):
+        return copy.deepcopy(child)
+    if "type" in child and "type" in parent and child["type"] != parent["type"]:
+        return copy.deepcopy(child)
+    merged = copy.deepcopy(parent)
+    for key, value in child.items():
+        merged[key] = merge(parent[key], value) if key in parent else copy.deepcopy(value)
+    return merged
+
+
+def _load_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """Read `path` and, recursively, the `base` it extends (relative to the file)."""
+    resolved = path.resolve()
+    if resolved in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, resolved))
+        raise InputError(f"config `base` cycle: {cycle}; remove one of these base links")
+    document = _read_mapping(path)
+    base = document.pop("base", None)
+    if base is None:
+        return document
+    if not isinstance(base, str):
+        raise InputError(f"config key base in {path}: got {base!r}, expected a path to another YAML file")
+    base_path = path.parent / base
+    if not base_path.is_file():
+        raise InputError(f"config key base in {path}: {base_path} does not exist; the path is relative to {path}")
+    return merge(_load_with_bases(base_path, (*chain, resolved)), document)
+
+
+def apply_override(document: dict, override: str) -> dict:
+    """Apply one `dotted.key=yaml_value` override to a raw config document (returns a new one)."""
+    if "=" not in override:
+        raise InputError(
+            f"override {override!r} has no '='; write KEY=VALUE, for example train.total_iters=100"
+        )
+    key, text = override.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise InputError(f"override {override!r}: {key!r} is not a dotted key path such as optimizer.lr")
+    value = parse_yaml(text, f"override {key}") if text.strip() else ""
+    node = document
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            where = ".".join(parts[: depth + 1])
+            raise InputError(f"override {override!r}: {where} is a {_type_name(child)}, not a mapping with keys")
+        node = child
+    nested = value
+    for part in reversed(parts):
+        nested = {part: nested}
+    return merge(document, nested)
+
+
+# ---------------------------------------------------------------------------------------------
+# The typed config
+
+
+def _check(predicate, expected: str) -> dict:
+    """Field metadata: a value must satisfy `predicate`; `expected` describes what passes."""
+    return {"check": (predicate, expected)}
+
+
+POSITIVE_INT = _check(lambda v: v >= 1, "an integer >= 1")
+NON_NEGATIVE_INT = _check(lambda v: v >= 0, "an integer >= 0")
+POSITIVE_FLOAT = _check(lambda v: v > 0, "a number > 0")
+
+
+@dataclass(frozen=True)
+class Component:
+    """A buildable thing: a registered name or dotted path in `type`, constructor kwargs beside it."""
+
+    type: str
+    kwargs: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """The YAML form: `{type: ..., **kwargs}`."""
+        return {"type": self.type, **copy.deepcopy(self.kwargs)}
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A validation metric: registered `type`, the `name` it is reported under, and kwargs."""
+
+    type: str
+    name: str
+    kwargs: dict = field(default_factory=dict)
+
+    def to_dict(self) -> str | dict:
+        """The YAML form: the bare type when nothing else is set."""
+        if self.name == self.type and not self.kwargs:
+            return self.type
+        return {"type": self.type, "name": self.name, **copy.deepcopy(self.kwargs)}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Datasets and batching."""
+
+    train: Component
+    """The training dataset: type + dataset kwargs."""
+    batch_size: int = field(default=64, metadata=POSITIVE_INT)
+    """GLOBAL batch size, split evenly across torchrun processes."""
+    val_batch_size: int | None = field(default=None, metadata=POSITIVE_INT)
+    """Validation batch size; defaults to batch_size."""
+    num_workers: int = field(default=0, metadata=NON_NEGATIVE_INT)
+    """DataLoader worker processes; 0 loads in the main process."""
+    val: Component | None = None
+    """The validation dataset; without it there is no validation and no best files."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop."""
+
+    total_iters: int = field(metadata=POSITIVE_INT)
+    """Optimizer steps to train for."""
+    val_interval: int = field(default=250, metadata=POSITIVE_INT)
+    """Iterations between validations (there is always one at the end)."""
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    """Mixed precision: none | bf16 | fp16."""
+    grad_clip: float | None = field(default=None, metadata=POSITIVE_FLOAT)
+    """Max global L2 norm of the gradients; null disables clipping."""
+    accumulate: int = field(default=1, metadata=POSITIVE_INT)
+    """Micro-batches per optimizer step."""
+    ema: float | None = field(default=None, metadata=_check(lambda v: 0 < v < 1, "a decay in (0, 1) such as 0.999"))
+    """EMA decay; validation and best use the EMA weights when set."""
+    compile: bool = False
+    """torch.compile the model."""
+    channels_last: bool = False
+    """Use the channels_last memory format."""
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """Distributed strategy under torchrun."""
+    sync_bn: bool = False
+    """Convert BatchNorm to SyncBatchNorm under torchrun."""
+    nan_policy: Literal["stop", "skip"] = "stop"
+    """What a non-finite loss or gradient does."""
+    max_skipped: int = field(default=10, metadata=POSITIVE_INT)
+    """With nan_policy skip: this many skipped steps in a row stop the run."""
+
+
+@dataclass(frozen=True)
+class ValConfig:
+    """How the best model is chosen."""
+
+    metric: str = "accuracy"
+    """The metric that decides "best"; one of the names in `metrics`."""
+    mode: Literal["max", "min"] = "max"
+    """Whether a larger (max) or smaller (min) value is better."""
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Where and how often checkpoints are written."""
+
+    dir: str = "weights"
+    """Both formats (.pt full, .pth weights) are written here."""
+    interval: int = field(default=500, metadata=POSITIVE_INT)
+    """Iterations between <name>_iter_<N> saves (there is always one at the end)."""
+    keep_last: int | None = field(default=None, metadata=POSITIVE_INT)
+    """Keep only the newest N iteration checkpoints; best is never pruned."""
+    async_: bool = field(default=False, metadata={"key": "async"})
+    """Write files in a background thread after a copy to host memory."""
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Console, train.log, TensorBoard and the progress bar."""
+
+    dir: str = "experiments"
+    """The run's log directory is <dir>/<name>/."""
+    interval: int = field(default=50, metadata=POSITIVE_INT)
+    """Iterations between log lines and TensorBoard scalars."""
+    tensorboard: bool = True
+    """Write TensorBoard event files."""
+    progress: bool = True
+    """Show a tqdm bar (only when stdout is a terminal)."""
+
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+@dataclass(frozen=True)
+class Config:
+    """One experiment, validated. Build it with `load_config`; it is never mutated afterwards."""
+
+    name: str = field(metadata=_check(NAME_PATTERN.match, "letters, digits, '_', '.' or '-' (it names files)"))
+    """Names every output file."""
+    model: Component
+    """The network."""
+    loss: Component
+    """The training loss, called as loss(output, target)."""
+    data: DataConfig
+    """Datasets and batching."""
+    optimizer: Component
+    """Any torch.optim class by name, or a registered/dotted one."""
+    train: TrainConfig
+    """The training loop."""
+    imports: list[str] = field(default_factory=list)
+    """Modules imported before building (user plugins that register things)."""
+    seed: int = 0
+    """Seeds python, numpy and torch; the data order and augmentation derive from it."""
+    device: str = field(default="auto", metadata=_check(DEVICE_PATTERN.match, "auto, cpu, cuda or cuda:N"))
+    """auto | cpu | cuda | cuda:N."""
+    deterministic: bool = False
+    """torch.use_deterministic_algorithms + cuDNN settings."""
+    metrics: list[MetricSpec] = field(default_factory=lambda: [MetricSpec("accuracy", "accuracy")])
+    """Computed at each validation over the whole validation set."""
+    scheduler: Component | None = None
+    """Any torch.optim.lr_scheduler class; stepped once per iteration."""
+    val: ValConfig = field(default_factory=ValConfig)
+    """How the best model is chosen."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Where and how often checkpoints are written."""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """Console, file, TensorBoard and progress bar."""
+    resume_path: str | None = None
+    """A full .pt checkpoint to continue, or "auto" for the newest of this experiment."""
+    pretrain_path: str | None = None
+    """Weights to fine-tune from (.pth, .pt, or another tool's state dict)."""
+    pretrain_key: str = "auto"
+    """Which entry of the pretrain file holds the weights."""
+    pretrain_revise_keys: list[list[str]] = field(default_factory=list)
+    """[[regex, replacement], ...] applied to the pretrain file's keys."""
+    strict_load: bool = True
+    """false: load what matches and report the rest."""
+
+    def __post_init__(self) -> None:
+        """Checks that involve more than one key."""
+        names = [metric.name for metric in self.metrics]
+        if self.data.val is not None and self.val.metric not in names:
+            raise InputError(
+                f"config key val.metric: got {self.val.metric!r}, expected one of the metric names {names}; "
+                "add it to `metrics` or pick one of those"
+            )
+        if len(set(names)) != len(names):
+            raise InputError(f"config key metrics: the names {names} repeat; give each metric its own `name`")
+        for index, pair in enumerate(self.pretrain_revise_keys):
+            _check_revise_pair(pair, f"pretrain_revise_keys[{index}]")
+
+    def to_dict(self) -> dict:
+        """The resolved config as a plain dict (what --print-config and config.yaml show)."""
+        return _to_plain(self)
+
+
+def _check_revise_pair(pair: list, path: str) -> None:
+    """One [regex, replacement] pair: two strings and a regex that compiles."""
+    if len(pair) != 2:
+        raise InputError(f"config key {path}: got {pair!r}, expected a pair [regex, replacement] such as ['^net\\.', '']")
+    try:
+        re.compile(pair[0])
+    except re.error as error:
+        raise InputError(f"config key {path}: {pair[0]!r} is not a valid regular expression ({error})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw dict -> dataclasses, with one-line errors
+
+
+def _type_name(value: Any) -> str:
+    """A reader's name for the YAML type of `value`."""
+    names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "mapping"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _describe(hint: Any) -> str:
+    """A reader's name for a type hint, for 'expected ...'."""
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in get_args(hint))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(arg) for arg in get_args(hint))
+    if origin is list:
+        return f"a list of {_describe(get_args(hint)[0])}s" if get_args(hint) else "a list"
+    if hint is Component:
+        return "a mapping with a `type` (registered name or dotted path) and its kwargs"
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    return names.get(hint, "a mapping" if dataclasses.is_dataclass(hint) or hint is dict else str(hint))
+
+
+def _fail(path: str, value: Any, expected: str) -> InputError:
+    """The standard wrong-value error."""
+    shown = repr(value) if not isinstance(value, (dict, list)) or len(repr(value)) < 60 else _type_name(value)
+    return InputError(f"config key {path}: got {shown} ({_type_name(value)}), expected {expected}")
+
+
+def _convert(value: Any, hint: Any, path: str) -> Any:
+    """Check `value` against the type hint `hint` and convert it; raise InputError naming `path`."""
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in get_args(hint):
+            return None
+        (inner,) = [arg for arg in get_args(hint) if arg is not type(None)]
+        if value is None:
+            raise _fail(path, value, _describe(hint))
+        return _convert(value, inner, path)
+    if origin is Literal:
+        if value not in get_args(hint):
+            raise _fail(path, value, _describe(hint))
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise _fail(path, value, _describe(hint))
+        (item_hint,) = get_args(hint)
+        return [_convert(item, item_hint, f"{path}[{i}]") for i, item in enumerate(value)]
+    if hint is Component:
+        return _to_component(value, path)
+    if hint is MetricSpec:
+        return _to_metric(value, path)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise _fail(path, value, f"a mapping of the {path} keys")
+        return _to_dataclass(hint, value, path)
+    return _convert_scalar(value, hint, path)
+
+
+def _convert_scalar(value: Any, hint: type, path: str) -> Any:
+    """bool, int, float and str; whole-number floats such as 1e4 pass as integers."""
+    if hint is bool and isinstance(value, bool):
+        return value
+    if hint is int and not isinstance(value, bool):
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is str and isinstance(value, str):
+        return value
+    raise _fail(path, value, _describe(hint))
+
+
+def _to_component(value: Any, path: str) -> Component:
+    """A `{type: ..., **kwargs}` mapping."""
+    if not isinstance(value, dict) or not isinstance(value.get("type"), str) or not value["type"]:
+        raise _fail(path, value, _describe(Component))
+    kwargs = {key: item for key, item in value.items() if key != "type"}
+    bad = [key for key in kwargs if not isinstance(key, str)]
+    if bad:
+        raise InputError(f"config key {path}: the key {bad[0]!r} is not a string; kwargs are named by strings")
+    return Component(value["type"], kwargs)
+
+
+def _to_metric(value: Any, path: str) -> MetricSpec:
+    """A metric: a bare name, or `{type: ..., name: ..., **kwargs}`."""
+    if isinstance(value, str) and value:
+        return MetricSpec(value, value)
+    component = _to_component(value, path)
+    kwargs = dict(component.kwargs)
+    name = kwargs.pop("name", component.type)
+    if not isinstance(name, str) or not name:
+        raise _fail(f"{path}.name", name, "a non-empty string")
+    return MetricSpec(component.type, name, kwargs)
+
+
+def _yaml_key(spec: dataclasses.Field) -> str:
+    """The key a field has in YAML (`async_` is `async`)."""
+    return spec.metadata.get("key", spec.name)
+
+
+def _to_dataclass(cls: type, document: dict, prefix: str) -> Any:
+    """Build the dataclass `cls` from `document`; unknown, missing and wrong keys are errors."""
+    hints = get_type_hints(cls)
+    fields = {_yaml_key(spec): spec for spec in dataclasses.fields(cls)}
+    for key in document:
+        if key not in fields:
+            raise _unknown_key(key, list(fields), prefix)
+    values = {}
+    for key, spec in fields.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if key not in document:
+            if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+                raise InputError(f"config key {path} is required but missing; expected {_describe(hints[spec.name])}")
+            continue
+        value = _convert(document[key], hints[spec.name], path)
+        predicate, expected = spec.metadata.get("check", (None, ""))
+        if predicate is not None and value is not None and not predicate(value):
+            raise _fail(path, document[key], expected)
+        values[spec.name] = value
+    return cls(**values)
+
+
+def _unknown_key(key: Any, known: list[str], prefix: str) -> InputError:
+    """The unknown-key error, with the nearest known key when there is one."""
+    path = f"{prefix}.{key}" if prefix else str(key)
+    close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+    hint = f"did you mean {prefix + '.' if prefix else ''}{close[0]}?" if close else f"known keys here: {', '.join(known)}"
+    return InputError(f"config key {path} is unknown; {hint}")
+
+
+def _to_plain(value: Any) -> Any:
+    """Dataclasses -> plain dicts with their YAML keys, recursively."""
+    if isinstance(value, (Component, MetricSpec)):
+        return value.to_dict()
+    if dataclasses.is_dataclass(value):
+        return {_yaml_key(spec): _to_plain(getattr(value, spec.name)) for spec in dataclasses.fields(value)}
+    if isinstance(value, list):
+        return [_to_plain(item) for item in value]
+    return copy.deepcopy(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def config_from_dict(document: dict) -> Config:
+    """Validate a raw config document (base already merged) into a Config."""
+    document = dict(document)
+    document.pop("base", None)
+    return _to_dataclass(Config, document, "")
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read the YAML file at `path` with its bases, apply the overrides, and validate."""
+    document = _load_with_bases(Path(path))
+    for override in overrides:
+        document = apply_override(document, override)
+    return config_from_dict(document)
+
+
+def dump_config(config: Config) -> str:
+    """The resolved config as YAML text (reads back with load_config to the same Config)."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None, width=100)

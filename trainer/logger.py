@@ -1,0 +1,107 @@
+"""Logger: console + experiments/<name>/train.log + TensorBoard + tqdm; archives the best weights."""
+
+from __future__ import annotations
+
+import datetime
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from trainer.config import LoggingConfig
+from utils.io import atomic_copy, atomic_write_text
+
+
+def archive_log_dir(log_dir: Path, stamp: str) -> Path | None:
+    """Move a previous run's non-empty log directory aside as `<dir>_archived_<stamp>`."""
+    if not log_dir.is_dir() or not any(log_dir.iterdir()):
+        return None
+    target = log_dir.with_name(f"{log_dir.name}_archived_{stamp}")
+    shutil.move(str(log_dir), str(target))
+    return target
+
+
+class Logger:
+    """Writes log lines to the console and train.log, scalars to TensorBoard, and a progress bar.
+
+    Only what the trainer hands it at a logging interval reaches here, so nothing in this class
+    runs (or syncs with the device) on every step.
+    """
+
+    def __init__(self, log_dir: Path, config: LoggingConfig, *, total_iters: int, start_iteration: int) -> None:
+        self.log_dir = log_dir
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._file = open(log_dir / "train.log", "a", encoding="utf-8")  # resuming appends
+        self._writer = None
+        if config.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # heavy: imported only when used
+
+            # purge_step drops events a killed run wrote after its last checkpoint, so a resumed
+            # run's curves have no duplicate steps (TensorBoard honours it when reading).
+            self._writer = SummaryWriter(str(log_dir), purge_step=start_iteration + 1 if start_iteration else None)
+        self._bar = None
+        if config.progress and sys.stdout.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_iters, initial=start_iteration, unit="it", dynamic_ncols=True)
+        self._total = total_iters
+        self._last_time = time.perf_counter()
+        self._last_iteration = start_iteration
+
+    def info(self, message: str) -> None:
+        """One timestamped line to the console and train.log."""
+        line = f"{datetime.datetime.now():%Y-%m-%d %H:%M:%S} | {message}"
+        if self._bar is not None:
+            self._bar.write(line)
+        else:
+            print(line, flush=True)
+        self._file.write(line + "\n")
+        self._file.flush()
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        """TensorBoard scalars {tag: value} at `step`."""
+        if self._writer is not None:
+            for tag, value in values.items():
+                self._writer.add_scalar(tag, value, step)
+
+    def log_training(self, *, iteration: int, epoch: int, loss: float, lr: float) -> None:
+        """The periodic training line: iteration, epoch, loss, lr, it/s and ETA."""
+        now = time.perf_counter()
+        speed = (iteration - self._last_iteration) / max(now - self._last_time, 1e-9)
+        eta = datetime.timedelta(seconds=round((self._total - iteration) / max(speed, 1e-9)))
+        self.info(
+            f"iter {iteration}/{self._total} | epoch {epoch} | loss {loss:.4f} | lr {lr:.3e} | "
+            f"{speed:.1f} it/s | eta {eta}"
+        )
+        self.scalars({"train/loss": loss, "train/lr": lr}, iteration)
+        if self._bar is not None:
+            self._bar.update(iteration - self._last_iteration)
+            self._bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+        self._last_time, self._last_iteration = now, iteration
+
+    def log_validation(self, *, iteration: int, results: dict[str, float], best: dict[str, float], metric: str) -> None:
+        """The validation line with every metric and the best so far."""
+        shown = ", ".join(f"{name} {value:.4f}" for name, value in results.items())
+        best_text = f"best {metric} {best[metric]:.4f} @ iter {int(best['iteration'])}" if best else "no best yet"
+        self.info(f"validation @ iter {iteration}: {shown} | {best_text}")
+        self.scalars({f"val/{name}": value for name, value in results.items()}, iteration)
+
+    def save_text(self, filename: str, text: str) -> Path:
+        """Write a text file (the resolved config) into the log directory, atomically."""
+        path = self.log_dir / filename
+        atomic_write_text(path, text)
+        return path
+
+    def archive_best(self, weights_path: Path) -> Path:
+        """Keep a copy of the best weight-only file in the log directory."""
+        target = self.log_dir / weights_path.name
+        atomic_copy(weights_path, target)
+        return target
+
+    def close(self) -> None:
+        """Flush and close the file, the TensorBoard writer and the bar."""
+        if self._bar is not None:
+            self._bar.close()
+        if self._writer is not None:
+            self._writer.close()
+        self._file.close()

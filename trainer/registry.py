@@ -1,0 +1,117 @@
+"""Registries: a name or a dotted import path -> a class; `build(registry, spec)` -> an object.
+
+One dict per kind of component. A `type` in a config is looked up in the kind's own
+registrations, then in the torch module that kind falls back to (every torch.optim optimizer,
+lr_scheduler and torch.nn loss works by name), then imported as a dotted path
+(`mypkg.nets.TinyNet`), so users plug in their own classes without touching Kiln's files.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+from trainer.config import Component
+from trainer.errors import InputError
+
+
+class Registry:
+    """Names -> classes (or factories) for one kind of component."""
+
+    def __init__(self, kind: str, fallback: Callable[[], ModuleType] | None = None) -> None:
+        self.kind = kind
+        self._entries: dict[str, Callable] = {}
+        self._fallback = fallback  # a module looked up by attribute, imported only when needed
+
+    def register(self, obj: Callable | None = None, *, name: str | None = None) -> Callable:
+        """Register `obj` under `name` (default: its __name__); usable as a decorator."""
+
+        def add(target: Callable) -> Callable:
+            key = name or target.__name__
+            if key in self._entries and self._entries[key] is not target:
+                raise ValueError(f"{self.kind} {key!r} is registered twice")
+            self._entries[key] = target
+            return target
+
+        return add(obj) if obj is not None else add
+
+    def names(self) -> list[str]:
+        """Every name this registry resolves without a dotted path."""
+        fallback = self._fallback() if self._fallback else None
+        extra = [n for n, v in vars(fallback).items() if inspect.isclass(v) and not n.startswith("_")] if fallback else []
+        return sorted(set(self._entries) | set(extra))
+
+    def get(self, name: str) -> Callable:
+        """The class registered as `name`, found in the fallback module, or imported by dotted path."""
+        if name in self._entries:
+            return self._entries[name]
+        fallback = self._fallback() if self._fallback else None
+        if fallback is not None and inspect.isclass(getattr(fallback, name, None)):
+            return getattr(fallback, name)
+        if "." in name:
+            return _import_dotted(name, self.kind)
+        close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
+        hint = f"did you mean {' or '.join(close)}?" if close else "register it or give a dotted path such as mypkg.module.Class"
+        raise InputError(f"unknown {self.kind} type {name!r}; {hint}")
+
+
+def _import_dotted(path: str, kind: str) -> Callable:
+    """`package.module.Name` -> the object; errors name what did not import."""
+    module_name, _, attribute = path.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise InputError(
+            f"{kind} type {path!r}: cannot import module {module_name!r} ({error}); check the path and that "
+            "the module is importable from the working directory"
+        ) from None
+    if not hasattr(module, attribute):
+        raise InputError(f"{kind} type {path!r}: module {module_name!r} has no attribute {attribute!r}")
+    return getattr(module, attribute)
+
+
+def build(registry: Registry, spec: Component, *args: Any, **extra: Any) -> Any:
+    """Construct `spec.type(*args, **extra, **spec.kwargs)`; a wrong argument is an InputError.
+
+    `args`/`extra` are what the trainer supplies (an optimizer's parameters, a scheduler's
+    optimizer); the spec's kwargs come from the config and are copied, never consumed.
+    """
+    target = registry.get(spec.type)
+    kwargs = {**extra, **spec.kwargs}
+    _check_arguments(target, args, kwargs, f"{registry.kind} {spec.type}")
+    try:
+        return target(*args, **kwargs)
+    except (ValueError, TypeError) as error:
+        # The arguments bound, so this is a bad value: torch.optim and friends validate values
+        # with ValueError ("Invalid learning rate: -1.0") and reject wrong types with TypeError.
+        raise InputError(f"{registry.kind} {spec.type}: {error}; fix its arguments in the config") from None
+
+
+def _check_arguments(target: Callable, args: tuple, kwargs: dict, what: str) -> None:
+    """Bind the arguments to the constructor's signature before calling it, to name a bad one."""
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):
+        return  # builtins without a signature: let the call itself decide
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as error:
+        accepted = [p for p in signature.parameters if p not in ("self", "args", "kwargs")]
+        raise InputError(f"{what}: {error}; it accepts {', '.join(accepted) or 'no arguments'}") from None
+
+
+def _torch_module(name: str) -> Callable[[], ModuleType]:
+    """A lazy importer of a torch submodule (torch is imported only when something is built)."""
+    return lambda: importlib.import_module(name)
+
+
+MODELS = Registry("model")
+DATASETS = Registry("dataset")
+LOSSES = Registry("loss", _torch_module("torch.nn"))
+METRICS = Registry("metric")
+OPTIMIZERS = Registry("optimizer", _torch_module("torch.optim"))
+SCHEDULERS = Registry("scheduler", _torch_module("torch.optim.lr_scheduler"))

@@ -1,0 +1,373 @@
+"""The Trainer: build, (resume or pretrain), loop { step; log; validate; save }, finish."""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainer.checkpoint import (
+    KEY_BEST,
+    KEY_CONFIG,
+    KEY_EPOCH,
+    KEY_ITERATION,
+    KEY_MODEL,
+    KEY_OPTIMIZER,
+    KEY_SCHEDULER,
+    CheckpointManager,
+    clean_state_dict,
+    load_model_state,
+    make_checkpoint,
+)
+from trainer.config import Component, Config, dump_config
+from trainer.errors import InputError
+from trainer.evaluation import evaluate
+from trainer.logger import Logger, archive_log_dir
+from trainer.registry import DATASETS, LOSSES, METRICS, MODELS, OPTIMIZERS, SCHEDULERS, build
+from trainer.signals import StopSignals
+from utils.seed import get_rng_state, seed_everything, set_rng_state
+
+
+def run(config: Config) -> int:
+    """Train the experiment `config` describes; return the exit code (0, or 128+signal)."""
+    trainer = Trainer(config)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()
+
+
+class Trainer:
+    """Owns the model, data, optimizer and loop of one experiment.
+
+    Everything the loop needs to continue exactly (iteration, epoch, position in the epoch,
+    best metrics, RNG states) is in `state_dict()`, saved beside model, optimizer and scheduler.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        import_plugins(config.imports)
+        self.device = resolve_device(config.device)
+        configure_backends(config.deterministic)
+        seed_everything(config.seed)
+        self._build_components()
+        self.checkpoints = CheckpointManager(config.checkpoint.dir, config.name, config.checkpoint.keep_last)
+        self.iteration = 0
+        self.epoch = 0
+        self.position = 0  # batches of the current epoch already trained on
+        self.best_metrics: dict[str, float] = {}
+        self._batches = None  # the live iterator over the current epoch
+        self._loss_sum = torch.zeros((), device=self.device)  # summed on device, read when logging
+        self._loss_steps = 0
+
+        resume_path = self._resolve_resume_path()
+        checkpoint = self.checkpoints.load_checkpoint(resume_path) if resume_path else None
+        notes = self._archive_previous_run() if checkpoint is None else []
+        self.logger = Logger(
+            Path(config.logging.dir) / config.name,
+            config.logging,
+            total_iters=config.train.total_iters,
+            start_iteration=checkpoint[KEY_ITERATION] if checkpoint else 0,
+        )
+        for note in notes:
+            self.logger.info(note)
+        if checkpoint is not None:
+            self._resume(checkpoint, resume_path)
+        else:
+            self.logger.save_text("config.yaml", dump_config(config))
+            if config.pretrain_path:
+                self._load_pretrained(config.pretrain_path)
+
+    # -- building ---------------------------------------------------------------------------
+
+    def _build_components(self) -> None:
+        """Model, loss, metrics, data loaders, optimizer and scheduler, from the config."""
+        config = self.config
+        self.model = build(MODELS, config.model).to(self.device)
+        self.loss_fn = build(LOSSES, config.loss)
+        if isinstance(self.loss_fn, nn.Module):
+            self.loss_fn.to(self.device)
+        self.metrics = {spec.name: build(METRICS, Component(spec.type, spec.kwargs)) for spec in config.metrics}
+        self.train_loader = self._build_loader(config.data.train, "data.train", config.data.batch_size, train=True)
+        self.val_loader = None
+        if config.data.val is not None:
+            val_batch = config.data.val_batch_size or config.data.batch_size
+            self.val_loader = self._build_loader(config.data.val, "data.val", val_batch, train=False)
+        self.optimizer = build(OPTIMIZERS, config.optimizer, self.model.parameters())
+        self.scheduler = build(SCHEDULERS, config.scheduler, self.optimizer) if config.scheduler else None
+
+    def _build_loader(self, spec: Component, key: str, batch_size: int, *, train: bool):
+        """A loader over the dataset `spec`; an empty or too-small training set is an InputError."""
+        from data.loader import build_loader
+
+        dataset = build(DATASETS, spec)
+        if len(dataset) == 0:
+            raise InputError(f"config key {key}: the {spec.type} dataset is empty; point it at data")
+        if train and batch_size > len(dataset):
+            raise InputError(
+                f"config key data.batch_size: {batch_size} is larger than the training set ({len(dataset)} "
+                f"samples of {spec.type}); lower data.batch_size"
+            )
+        return build_loader(
+            dataset,
+            batch_size=batch_size,
+            seed=self.config.seed,
+            train=train,
+            num_workers=self.config.data.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    # -- state ------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The loop's own state: counters, position in the epoch, best metrics, RNG states."""
+        return {
+            KEY_ITERATION: self.iteration,
+            KEY_EPOCH: self.epoch,
+            "position": self.position,
+            KEY_BEST: dict(self.best_metrics),
+            "rng": get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned (the RNG last, right before training goes on)."""
+        self.iteration = state[KEY_ITERATION]
+        self.epoch = state[KEY_EPOCH]
+        self.position = state["position"]
+        self.best_metrics = dict(state[KEY_BEST])
+        self._batches = None
+        set_rng_state(state["rng"])
+
+    def _model_state(self) -> dict[str, torch.Tensor]:
+        """The model's weights with clean keys, on the CPU."""
+        return {key: value.detach().cpu() for key, value in clean_state_dict(self.model.state_dict()).items()}
+
+    # -- resume, pretrain, archive ----------------------------------------------------------
+
+    def _resolve_resume_path(self) -> Path | None:
+        """resume_path as a file, `auto` -> the newest checkpoint of this experiment (or None)."""
+        if self.config.resume_path == "auto":
+            return self.checkpoints.latest()
+        return Path(self.config.resume_path) if self.config.resume_path else None
+
+    def _resume(self, checkpoint: dict[str, Any], path: Path) -> None:
+        """Restore model, optimizer, scheduler and loop state from a full checkpoint."""
+        load_model_state(self.model, checkpoint[KEY_MODEL], strict=True, source=f"resume_path {path}")
+        try:
+            self.optimizer.load_state_dict(checkpoint[KEY_OPTIMIZER])
+            if self.scheduler is not None and checkpoint[KEY_SCHEDULER] is not None:
+                self.scheduler.load_state_dict(checkpoint[KEY_SCHEDULER])
+        except (ValueError, KeyError) as error:
+            raise InputError(
+                f"resume_path {path}: its optimizer/scheduler state does not fit this config ({error}); "
+                "resume with the optimizer the run was started with"
+            ) from None
+        self.load_state_dict(checkpoint)
+        self.logger.info(f"resumed from {path} at iteration {self.iteration} (epoch {self.epoch})")
+        changes = config_changes(checkpoint[KEY_CONFIG], self.config.to_dict())
+        if changes:
+            self.logger.info("config changed since the checkpoint: " + "; ".join(changes))
+            self.logger.save_text(f"config_resumed_iter_{self.iteration}.yaml", dump_config(self.config))
+
+    def _load_pretrained(self, path: str) -> None:
+        """Load model weights from `pretrain_path` before training (fresh optimizer, iteration 0)."""
+        config = self.config
+        state = self.checkpoints.load_weights(path, config.pretrain_key, config.pretrain_revise_keys)
+        report = load_model_state(self.model, state, strict=config.strict_load, source=f"pretrain_path {path}")
+        message = f"loaded pretrained weights from {path}"
+        self.logger.info(f"{message}; not loaded: {report.describe()}" if report else message)
+
+    def _archive_previous_run(self) -> list[str]:
+        """A fresh run never overwrites an earlier run's files: move them aside (BasicSR's habit)."""
+        stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S_%f")
+        notes = []
+        moved_logs = archive_log_dir(Path(self.config.logging.dir) / self.config.name, stamp)
+        if moved_logs:
+            notes.append(f"an earlier run's logs were moved to {moved_logs}")
+        moved_weights = self.checkpoints.archive_existing(stamp)
+        if moved_weights:
+            notes.append(f"an earlier run's weights were moved to {moved_weights}")
+        if self.config.resume_path == "auto":
+            notes.append(f"resume_path auto: no checkpoint of {self.config.name} in {self.checkpoints.directory}, starting fresh")
+        return notes
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def fit(self) -> int:
+        """Train to train.total_iters; return 0, or 128+signal after SIGTERM/SIGINT."""
+        total = self.config.train.total_iters
+        self.logger.info(
+            f"training {self.config.name} on {self.device}: iterations {self.iteration} -> {total}, "
+            f"{sum(p.numel() for p in self.model.parameters()):,} parameters"
+        )
+        self.model.train()
+        with StopSignals() as signals:
+            while self.iteration < total:
+                self._train_step(self._next_batch())
+                self.iteration += 1
+                saved = self._after_step()
+                if signals.received:
+                    if not saved:
+                        self._save_iteration()
+                    self.logger.info(f"stopped by signal {signals.received} at iteration {self.iteration}; checkpoint saved")
+                    return 128 + signals.received
+        self.logger.info(f"done: {self.config.name} at iteration {self.iteration}" + self._best_text())
+        return 0
+
+    def _next_batch(self) -> Any:
+        """The next training batch; epochs roll over here and the position advances."""
+        if self._batches is None:
+            self.train_loader.sampler.set_epoch(self.epoch, self.position)
+            self._batches = iter(self.train_loader)
+        batch = next(self._batches)
+        self.position += 1
+        if self.position == self.train_loader.sampler.batches_per_epoch:
+            self.epoch, self.position, self._batches = self.epoch + 1, 0, None
+        return batch
+
+    def _move(self, batch: Any) -> Any:
+        """Put a batch (tensors, possibly nested in tuples, lists or dicts) on the device."""
+        if isinstance(batch, torch.Tensor):
+            return batch.to(self.device, non_blocking=True)
+        if isinstance(batch, (list, tuple)):
+            return type(batch)(self._move(item) for item in batch)
+        if isinstance(batch, dict):
+            return {key: self._move(value) for key, value in batch.items()}
+        return batch
+
+    def _train_step(self, batch: Any) -> None:
+        """One optimizer step on one batch. Nothing here reads a value back from the device."""
+        inputs, targets = self._move(batch)
+        loss = self.loss_fn(self.model(inputs), targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.train.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self._loss_sum += loss.detach()
+        self._loss_steps += 1
+
+    def _after_step(self) -> bool:
+        """Log, validate and save as the schedule says; return whether a checkpoint was saved."""
+        config, iteration = self.config, self.iteration
+        total = config.train.total_iters
+        if iteration % config.logging.interval == 0 or iteration == total:
+            self._log_training()
+        if self.val_loader is not None and (iteration % config.train.val_interval == 0 or iteration == total):
+            self._validate()  # before the save, so the .pt holds the updated best
+        if self.checkpoints.should_save(iteration, config.checkpoint.interval, total):
+            self._save_iteration()
+            return True
+        return False
+
+    def _log_training(self) -> None:
+        """Read the loss summed on the device (the one sync per logging interval) and log it."""
+        loss = (self._loss_sum / max(self._loss_steps, 1)).item()
+        self._loss_sum.zero_()
+        self._loss_steps = 0
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.logger.log_training(iteration=self.iteration, epoch=self.epoch, loss=loss, lr=lr)
+
+    def _validate(self) -> None:
+        """Compute every metric over the validation set; save best files on a new best."""
+        results = evaluate(self.model, self.val_loader, self.metrics, self._move)
+        metric = self.config.val.metric
+        if self._is_better(results[metric]):
+            self.best_metrics = {**results, "iteration": self.iteration}
+            _, weights_path = self.checkpoints.save("best", self._checkpoint(), self._model_state())
+            self.logger.archive_best(weights_path)
+        self.logger.log_validation(iteration=self.iteration, results=results, best=self.best_metrics, metric=metric)
+
+    def _is_better(self, value: float) -> bool:
+        """Whether `value` of val.metric beats the best so far (NaN never does)."""
+        if value != value:
+            return False
+        if not self.best_metrics:
+            return True
+        best = self.best_metrics[self.config.val.metric]
+        return value > best if self.config.val.mode == "max" else value < best
+
+    def _checkpoint(self) -> dict[str, Any]:
+        """The full checkpoint of the current state (see make_checkpoint for the layout)."""
+        return make_checkpoint(
+            model_state=self._model_state(),
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            trainer_state=self.state_dict(),
+            config=self.config.to_dict(),
+        )
+
+    def _save_iteration(self) -> None:
+        """Write <name>_iter_<N>.pt and .pth, then prune old ones."""
+        tag = f"iter_{self.iteration}"
+        self.checkpoints.save(tag, self._checkpoint(), self._model_state())
+        for path in self.checkpoints.prune():
+            self.logger.info(f"pruned {path} (checkpoint.keep_last {self.config.checkpoint.keep_last})")
+
+    def _best_text(self) -> str:
+        """', best accuracy 0.98 @ iter 250' or ''."""
+        if not self.best_metrics:
+            return ""
+        metric = self.config.val.metric
+        return f", best {metric} {self.best_metrics[metric]:.4f} @ iter {int(self.best_metrics['iteration'])}"
+
+    def close(self) -> None:
+        """Release the logger's files."""
+        self.logger.close()
+
+
+def import_plugins(modules: list[str]) -> None:
+    """Import the config's `imports:` (user modules that register components)."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # user modules beside the config's working directory
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            raise InputError(f"config key imports: cannot import {name!r} ({error}); check the module name") from None
+    import data  # noqa: F401  (registers Kiln's datasets)
+    import models  # noqa: F401  (registers Kiln's models)
+    import trainer.metrics  # noqa: F401  (registers Kiln's metrics)
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda when available, else cpu; asking for CUDA without a GPU is an InputError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"config key device: {name!r} was asked for but CUDA is not available here; set device: cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(
+                f"config key device: {name!r} does not exist ({torch.cuda.device_count()} GPUs); pick a lower index"
+            )
+    return device
+
+
+def configure_backends(deterministic: bool) -> None:
+    """deterministic: PyTorch's deterministic algorithms; otherwise let cuDNN pick the fastest."""
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """'key: old -> new' for every leaf that differs between two plain config dicts."""
+    changes = []
+    for key in sorted(set(old) | set(new), key=str):
+        path = f"{prefix}{key}"
+        before, after = old.get(key), new.get(key)
+        if isinstance(before, dict) and isinstance(after, dict):
+            changes += config_changes(before, after, f"{path}.")
+        elif before != after:
+            changes.append(f"{path}: {before!r} -> {after!r}")
+    return changes

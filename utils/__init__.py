@@ -1,0 +1,1 @@
+"""Small shared pieces: seeding and RNG state, atomic file writes."""
