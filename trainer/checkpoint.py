@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from trainer.errors import InputError
-from utils.io import atomic_torch_save
+from utils.io import atomic_torch_save, unused_path
 
 FORMAT_VERSION = 1
 KEY_FORMAT = "format_version"
@@ -83,13 +83,16 @@ def load_file(path: str | Path, what: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "Weights only load failed" in str(error):
+        found = re.search(r"GLOBAL (\S+)", str(error))
+        if found:
             raise InputError(
                 f"{what} {path} was refused: it holds Python objects other than tensors and plain "
-                "containers, which could run code when loaded; only load it if you trust it, and "
-                "re-save its state dict with torch.save"
+                f"containers ({found.group(1)}), which could run code when loaded; if you trust it, "
+                "re-save just its state dict with torch.save"
             ) from None
-        raise InputError(f"{what} {path} is corrupt or truncated ({error}); use another file") from None
+        raise InputError(
+            f"{what} {path} is corrupt, truncated or not a PyTorch file (unreadable pickle); use another file"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise InputError(f"{what} {path} is corrupt, truncated or not a PyTorch file ({reason}); use another file") from None
@@ -280,7 +283,7 @@ class CheckpointManager:
         own = [path for path in self.directory.iterdir() if path.is_file() and self._own_file.match(path.name)]
         if not own:
             return None
-        target = self.directory / f"{self.name}_archived_{stamp}"
+        target = unused_path(self.directory / f"{self.name}_archived_{stamp}")
         target.mkdir()
         for path in own:
             shutil.move(str(path), str(target / path.name))

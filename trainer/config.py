@@ -107,9 +107,7 @@ def _load_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict:
 def apply_override(document: dict, override: str) -> dict:
     """Apply one `dotted.key=yaml_value` override to a raw config document (returns a new one)."""
     if "=" not in override:
-        raise InputError(
-            f"override {override!r} has no '='; write KEY=VALUE, for example train.total_iters=100"
-        )
+        raise InputError(f"override {override!r} has no '='; write KEY=VALUE, for example train.total_iters=100")
     key, text = override.split("=", 1)
     parts = key.strip().split(".")
     if not all(parts):

@@ -9,14 +9,14 @@ import time
 from pathlib import Path
 
 from trainer.config import LoggingConfig
-from utils.io import atomic_copy, atomic_write_text
+from utils.io import atomic_copy, atomic_write_text, unused_path
 
 
 def archive_log_dir(log_dir: Path, stamp: str) -> Path | None:
     """Move a previous run's non-empty log directory aside as `<dir>_archived_<stamp>`."""
     if not log_dir.is_dir() or not any(log_dir.iterdir()):
         return None
-    target = log_dir.with_name(f"{log_dir.name}_archived_{stamp}")
+    target = unused_path(log_dir.with_name(f"{log_dir.name}_archived_{stamp}"))
     shutil.move(str(log_dir), str(target))
     return target
 
@@ -70,8 +70,7 @@ class Logger:
         speed = (iteration - self._last_iteration) / max(now - self._last_time, 1e-9)
         eta = datetime.timedelta(seconds=round((self._total - iteration) / max(speed, 1e-9)))
         self.info(
-            f"iter {iteration}/{self._total} | epoch {epoch} | loss {loss:.4f} | lr {lr:.3e} | "
-            f"{speed:.1f} it/s | eta {eta}"
+            f"iter {iteration}/{self._total} | epoch {epoch} | loss {loss:.4f} | lr {lr:.3e} | {speed:.1f} it/s | eta {eta}"
         )
         self.scalars({"train/loss": loss, "train/lr": lr}, iteration)
         if self._bar is not None:

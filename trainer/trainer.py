@@ -65,24 +65,26 @@ class Trainer:
         self._batches = None  # the live iterator over the current epoch
         self._loss_sum = torch.zeros((), device=self.device)  # summed on device, read when logging
         self._loss_steps = 0
+        self._config_changes: list[str] = []
 
+        # Everything that can reject an input file runs before anything is moved or written.
         resume_path = self._resolve_resume_path()
         checkpoint = self.checkpoints.load_checkpoint(resume_path) if resume_path else None
-        notes = self._archive_previous_run() if checkpoint is None else []
+        notes = self._resume(checkpoint, resume_path) if checkpoint else self._load_pretrained()
+        if checkpoint is None:
+            notes = self._archive_previous_run() + notes
         self.logger = Logger(
             Path(config.logging.dir) / config.name,
             config.logging,
             total_iters=config.train.total_iters,
-            start_iteration=checkpoint[KEY_ITERATION] if checkpoint else 0,
+            start_iteration=self.iteration,
         )
         for note in notes:
             self.logger.info(note)
-        if checkpoint is not None:
-            self._resume(checkpoint, resume_path)
-        else:
+        if checkpoint is None:
             self.logger.save_text("config.yaml", dump_config(config))
-            if config.pretrain_path:
-                self._load_pretrained(config.pretrain_path)
+        elif self._config_changes:
+            self.logger.save_text(f"config_resumed_iter_{self.iteration}.yaml", dump_config(config))
 
     # -- building ---------------------------------------------------------------------------
 
@@ -156,8 +158,8 @@ class Trainer:
             return self.checkpoints.latest()
         return Path(self.config.resume_path) if self.config.resume_path else None
 
-    def _resume(self, checkpoint: dict[str, Any], path: Path) -> None:
-        """Restore model, optimizer, scheduler and loop state from a full checkpoint."""
+    def _resume(self, checkpoint: dict[str, Any], path: Path) -> list[str]:
+        """Restore model, optimizer, scheduler and loop state from a full checkpoint; return log notes."""
         load_model_state(self.model, checkpoint[KEY_MODEL], strict=True, source=f"resume_path {path}")
         try:
             self.optimizer.load_state_dict(checkpoint[KEY_OPTIMIZER])
@@ -169,23 +171,29 @@ class Trainer:
                 "resume with the optimizer the run was started with"
             ) from None
         self.load_state_dict(checkpoint)
-        self.logger.info(f"resumed from {path} at iteration {self.iteration} (epoch {self.epoch})")
-        changes = config_changes(checkpoint[KEY_CONFIG], self.config.to_dict())
-        if changes:
-            self.logger.info("config changed since the checkpoint: " + "; ".join(changes))
-            self.logger.save_text(f"config_resumed_iter_{self.iteration}.yaml", dump_config(self.config))
+        self._config_changes = [
+            change
+            for change in config_changes(checkpoint[KEY_CONFIG], self.config.to_dict())
+            if not change.startswith("resume_path:")  # how a run is resumed is not a change to it
+        ]
+        notes = [f"resumed from {path} at iteration {self.iteration} (epoch {self.epoch})"]
+        if self._config_changes:
+            notes.append("config changed since the checkpoint: " + "; ".join(self._config_changes))
+        return notes
 
-    def _load_pretrained(self, path: str) -> None:
-        """Load model weights from `pretrain_path` before training (fresh optimizer, iteration 0)."""
+    def _load_pretrained(self) -> list[str]:
+        """Load model weights from `pretrain_path` (fresh optimizer, iteration 0); return log notes."""
         config = self.config
-        state = self.checkpoints.load_weights(path, config.pretrain_key, config.pretrain_revise_keys)
-        report = load_model_state(self.model, state, strict=config.strict_load, source=f"pretrain_path {path}")
-        message = f"loaded pretrained weights from {path}"
-        self.logger.info(f"{message}; not loaded: {report.describe()}" if report else message)
+        if not config.pretrain_path:
+            return []
+        state = self.checkpoints.load_weights(config.pretrain_path, config.pretrain_key, config.pretrain_revise_keys)
+        report = load_model_state(self.model, state, strict=config.strict_load, source=f"pretrain_path {config.pretrain_path}")
+        message = f"loaded pretrained weights from {config.pretrain_path}"
+        return [f"{message}; not loaded: {report.describe()}" if report else message]
 
     def _archive_previous_run(self) -> list[str]:
         """A fresh run never overwrites an earlier run's files: move them aside (BasicSR's habit)."""
-        stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S_%f")
+        stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S")
         notes = []
         moved_logs = archive_log_dir(Path(self.config.logging.dir) / self.config.name, stamp)
         if moved_logs:
@@ -347,9 +355,7 @@ def resolve_device(name: str) -> torch.device:
         if not torch.cuda.is_available():
             raise InputError(f"config key device: {name!r} was asked for but CUDA is not available here; set device: cpu or auto")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise InputError(
-                f"config key device: {name!r} does not exist ({torch.cuda.device_count()} GPUs); pick a lower index"
-            )
+            raise InputError(f"config key device: {name!r} does not exist ({torch.cuda.device_count()} GPUs); pick a lower index")
     return device
 
 

@@ -56,3 +56,13 @@ def atomic_copy(source: str | Path, destination: str | Path) -> None:
     """Copy the file `source` to `destination` atomically."""
     with open(source, "rb") as src:
         atomic_write(destination, lambda file: shutil.copyfileobj(src, file))
+
+
+def unused_path(path: str | Path) -> Path:
+    """`path` if nothing is there yet, else `path_1`, `path_2`, ...: never an existing name."""
+    path = Path(path)
+    candidate, number = path, 0
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.name}_{number}")
+    return candidate
