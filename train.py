@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)  # before importing torch, so --help stays fast
     from trainer import InputError, run
     from trainer.config import dump_config, load_config
+    from trainer.errors import TrainingError
 
     try:
         config = load_config(args.config, args.overrides)
@@ -33,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except TrainingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -49,6 +49,8 @@ def build_loader(
     train: bool,
     num_workers: int,
     pin_memory: bool,
+    persistent_workers: bool = True,
+    prefetch_factor: int | None = None,
     rank: int = 0,
     world_size: int = 1,
 ) -> DataLoader:
@@ -66,7 +68,8 @@ def build_loader(
         batch_size=None,  # the sampler yields whole batches; the fetcher collates them
         num_workers=num_workers,
         pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,
+        persistent_workers=persistent_workers and num_workers > 0,
+        prefetch_factor=prefetch_factor if num_workers > 0 else None,
         # A private generator: the loader draws its workers' base seed from it, not from the
         # global torch RNG that dropout uses, so creating an iterator never shifts that stream.
         generator=torch.Generator().manual_seed(seed),

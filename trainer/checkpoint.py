@@ -12,7 +12,9 @@ from __future__ import annotations
 import pickle
 import re
 import shutil
+import threading
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainer.errors import InputError
+from trainer.errors import InputError, TrainingError
 from utils.io import atomic_torch_save, unused_path
 
 FORMAT_VERSION = 1
@@ -182,19 +184,44 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], *, strict
     return report
 
 
+def to_host(obj: Any, *, copy: bool) -> Any:
+    """The same nested structure with every tensor on the CPU; `copy` clones CPU tensors too.
+
+    Containers are rebuilt the same way in both modes (OrderedDicts keep their `_metadata`),
+    so a background save writes byte-for-byte what a synchronous one writes.
+    """
+    if isinstance(obj, torch.Tensor):
+        tensor = obj.detach()
+        if tensor.device.type != "cpu":
+            return tensor.to("cpu")
+        return tensor.clone() if copy else tensor
+    if isinstance(obj, dict):
+        rebuilt = type(obj)((key, to_host(value, copy=copy)) for key, value in obj.items())
+        if hasattr(obj, "_metadata"):
+            rebuilt._metadata = obj._metadata
+        return rebuilt
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_host(item, copy=copy) for item in obj)
+    return obj
+
+
 class CheckpointManager:
     """Writes and finds one experiment's checkpoints in `directory`.
 
-    Public API: `should_save`, `save`, `latest`, `load_checkpoint`, `load_weights`, `prune`,
-    `archive_existing`.
+    Public API: `should_save`, `save`, `wait`, `latest`, `load_checkpoint`, `load_weights`,
+    `prune`, `archive_existing`. With `background=True` a save copies the state to host memory
+    and returns; a thread writes the files (at most one write in flight).
     """
 
-    def __init__(self, directory: str | Path, name: str, keep_last: int | None = None) -> None:
+    def __init__(self, directory: str | Path, name: str, keep_last: int | None = None, background: bool = False) -> None:
         self.directory = Path(directory)
         self.name = name
         self.keep_last = keep_last
+        self.background = background
         self._iter_pattern = re.compile(rf"^{re.escape(name)}_iter_(\d+)\.pt$")
         self._own_file = re.compile(rf"^{re.escape(name)}_(iter_\d+|best)\.pth?$")
+        self._writer: threading.Thread | None = None
+        self._write_error: TrainingError | None = None
 
     def path(self, tag: str, suffix: str) -> Path:
         """`<dir>/<name>_<tag><suffix>`, e.g. tag iter_500 or best, suffix .pt or .pth."""
@@ -205,13 +232,61 @@ class CheckpointManager:
         """Iteration checkpoints every `interval` iterations and at the last one."""
         return iteration % interval == 0 or iteration == total_iters
 
-    def save(self, tag: str, checkpoint: dict[str, Any], weights: dict[str, torch.Tensor]) -> tuple[Path, Path]:
-        """Write `<name>_<tag>.pt` (the full checkpoint) and `.pth` (`{"params": weights}`)."""
+    def save(
+        self,
+        tag: str,
+        checkpoint: dict[str, Any],
+        weights: dict[str, torch.Tensor],
+        on_written: Callable[[Path], Any] | None = None,
+    ) -> tuple[Path, Path]:
+        """Write `<name>_<tag>.pt` (the full checkpoint) and `.pth` (`{"params": weights}`).
+
+        Iteration saves prune old checkpoints once both files are complete; `on_written` gets
+        the .pth path after that (the Logger archives best weights this way).
+        """
+        self.wait()
         self.directory.mkdir(parents=True, exist_ok=True)
-        full, weight_only = self.path(tag, ".pt"), self.path(tag, ".pth")
-        atomic_torch_save(checkpoint, full)
-        atomic_torch_save({KEY_WEIGHTS: weights}, weight_only)
-        return full, weight_only
+        paths = self.path(tag, ".pt"), self.path(tag, ".pth")
+        snapshot = to_host((checkpoint, {KEY_WEIGHTS: weights}), copy=self.background)
+        job = (snapshot, paths, tag.startswith("iter_"), on_written)
+        if self.background:
+            self._writer = threading.Thread(target=self._write_in_background, args=job, name="kiln-checkpoint-writer")
+            self._writer.start()
+        else:
+            self._write(*job)
+        return paths
+
+    def _write(self, snapshot: tuple, paths: tuple[Path, Path], prune: bool, on_written: Callable | None) -> None:
+        """Write both files atomically, then prune and report; an I/O error stops the run."""
+        try:
+            for obj, path in zip(snapshot, paths, strict=True):
+                atomic_torch_save(obj, path)
+        except OSError as error:
+            raise TrainingError(
+                f"could not write checkpoint {path} ({error.strerror or error}); earlier checkpoints are intact: "
+                "free disk space or fix permissions, then resume with resume_path=auto"
+            ) from error
+        if prune:
+            self.prune()
+        if on_written is not None:
+            on_written(paths[1])
+
+    def _write_in_background(self, *job: Any) -> None:
+        try:
+            self._write(*job)
+        except TrainingError as error:
+            self._write_error = error
+        except Exception as error:  # noqa: BLE001 - reported to the training thread by wait()
+            self._write_error = TrainingError(f"writing checkpoint {job[1][0]} in the background failed: {error!r}")
+
+    def wait(self) -> None:
+        """Block until the background write (if any) is done; raise the error it met."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        if self._write_error is not None:
+            error, self._write_error = self._write_error, None
+            raise error
 
     def iteration_checkpoints(self) -> list[tuple[int, Path]]:
         """(N, path) of every complete `<name>_iter_<N>.pt`, oldest first.

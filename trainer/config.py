@@ -183,6 +183,12 @@ class DataConfig:
     """DataLoader worker processes; 0 loads in the main process."""
     val: Component | None = None
     """The validation dataset; without it there is no validation and no best files."""
+    pin_memory: bool | None = None
+    """Page-locked host batches for faster, asynchronous copies; null: on when training on CUDA."""
+    persistent_workers: bool = True
+    """Keep worker processes alive between epochs (with num_workers > 0)."""
+    prefetch_factor: int | None = field(default=None, metadata=POSITIVE_INT)
+    """Batches each worker loads ahead (with num_workers > 0); null: PyTorch's default, 2."""
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import datetime
 import importlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from trainer.evaluation import evaluate
 from trainer.logger import Logger, archive_log_dir
 from trainer.registry import DATASETS, LOSSES, METRICS, MODELS, OPTIMIZERS, SCHEDULERS, build
 from trainer.signals import StopSignals
+from trainer.step import OptimizerStep, build_ema
 from utils.seed import get_rng_state, seed_everything, set_rng_state
 
 
@@ -57,7 +59,9 @@ class Trainer:
         configure_backends(config.deterministic)
         seed_everything(config.seed)
         self._build_components()
-        self.checkpoints = CheckpointManager(config.checkpoint.dir, config.name, config.checkpoint.keep_last)
+        self.checkpoints = CheckpointManager(
+            config.checkpoint.dir, config.name, config.checkpoint.keep_last, background=config.checkpoint.async_
+        )
         self.iteration = 0
         self.epoch = 0
         self.position = 0  # batches of the current epoch already trained on
@@ -92,6 +96,8 @@ class Trainer:
         """Model, loss, metrics, data loaders, optimizer and scheduler, from the config."""
         config = self.config
         self.model = build(MODELS, config.model).to(self.device)
+        if config.train.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.loss_fn = build(LOSSES, config.loss)
         if isinstance(self.loss_fn, nn.Module):
             self.loss_fn.to(self.device)
@@ -103,6 +109,20 @@ class Trainer:
             self.val_loader = self._build_loader(config.data.val, "data.val", val_batch, train=False)
         self.optimizer = build(OPTIMIZERS, config.optimizer, self.model.parameters())
         self.scheduler = build(SCHEDULERS, config.scheduler, self.optimizer) if config.scheduler else None
+        self.ema = build_ema(self.model, config.train.ema)
+        # torch.compile wraps the same module: its parameters are the model's, and state dicts
+        # are always taken from the plain `self.model`, so no `_orig_mod.` reaches a file.
+        forward_model = torch.compile(self.model) if config.train.compile else self.model
+        self.step = OptimizerStep(
+            model=forward_model,
+            raw_model=self.model,
+            loss_fn=self.loss_fn,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            ema=self.ema,
+            config=config.train,
+            device=self.device,
+        )
 
     def _build_loader(self, spec: Component, key: str, batch_size: int, *, train: bool):
         """A loader over the dataset `spec`; an empty or too-small training set is an InputError."""
@@ -116,25 +136,30 @@ class Trainer:
                 f"config key data.batch_size: {batch_size} is larger than the training set ({len(dataset)} "
                 f"samples of {spec.type}); lower data.batch_size"
             )
+        data = self.config.data
         return build_loader(
             dataset,
             batch_size=batch_size,
             seed=self.config.seed,
             train=train,
-            num_workers=self.config.data.num_workers,
-            pin_memory=self.device.type == "cuda",
+            num_workers=data.num_workers,
+            pin_memory=self.device.type == "cuda" if data.pin_memory is None else data.pin_memory,
+            persistent_workers=data.persistent_workers,
+            prefetch_factor=data.prefetch_factor,
         )
 
     # -- state ------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """The loop's own state: counters, position in the epoch, best metrics, RNG states."""
+        """The loop's own state: counters, position in the epoch, best metrics, RNG, scaler, EMA."""
         return {
             KEY_ITERATION: self.iteration,
             KEY_EPOCH: self.epoch,
             "position": self.position,
             KEY_BEST: dict(self.best_metrics),
             "rng": get_rng_state(),
+            "scaler": self.step.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -144,11 +169,20 @@ class Trainer:
         self.position = state["position"]
         self.best_metrics = dict(state[KEY_BEST])
         self._batches = None
+        if state["scaler"]:
+            self.step.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
         set_rng_state(state["rng"])
 
-    def _model_state(self) -> dict[str, torch.Tensor]:
-        """The model's weights with clean keys, on the CPU."""
-        return {key: value.detach().cpu() for key, value in clean_state_dict(self.model.state_dict()).items()}
+    @property
+    def eval_model(self) -> nn.Module:
+        """What validation, best tracking and the .pth use: the EMA weights when train.ema is on."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def _weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """`model`'s state dict with clean keys (the CheckpointManager copies it to the host)."""
+        return clean_state_dict(model.state_dict())
 
     # -- resume, pretrain, archive ----------------------------------------------------------
 
@@ -217,7 +251,7 @@ class Trainer:
         self.model.train()
         with StopSignals() as signals:
             while self.iteration < total:
-                self._train_step(self._next_batch())
+                self._train_step()
                 self.iteration += 1
                 saved = self._after_step()
                 if signals.received:
@@ -242,6 +276,8 @@ class Trainer:
     def _move(self, batch: Any) -> Any:
         """Put a batch (tensors, possibly nested in tuples, lists or dicts) on the device."""
         if isinstance(batch, torch.Tensor):
+            if self.config.train.channels_last and batch.dim() == 4:
+                return batch.to(self.device, memory_format=torch.channels_last, non_blocking=True)
             return batch.to(self.device, non_blocking=True)
         if isinstance(batch, (list, tuple)):
             return type(batch)(self._move(item) for item in batch)
@@ -249,18 +285,14 @@ class Trainer:
             return {key: self._move(value) for key, value in batch.items()}
         return batch
 
-    def _train_step(self, batch: Any) -> None:
-        """One optimizer step on one batch. Nothing here reads a value back from the device."""
-        inputs, targets = self._move(batch)
-        loss = self.loss_fn(self.model(inputs), targets)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.train.grad_clip is not None:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
-        self.optimizer.step()
-        if self.scheduler is not None:
-            self.scheduler.step()
-        self._loss_sum += loss.detach()
+    def _micro_batches(self) -> Iterator[Any]:
+        """The next `train.accumulate` training batches, on the device."""
+        for _ in range(self.config.train.accumulate):
+            yield self._move(self._next_batch())
+
+    def _train_step(self) -> None:
+        """One optimizer step. Nothing here reads a value back from the device."""
+        self._loss_sum += self.step(self._micro_batches())
         self._loss_steps += 1
 
     def _after_step(self) -> bool:
@@ -286,12 +318,11 @@ class Trainer:
 
     def _validate(self) -> None:
         """Compute every metric over the validation set; save best files on a new best."""
-        results = evaluate(self.model, self.val_loader, self.metrics, self._move)
+        results = evaluate(self.eval_model, self.val_loader, self.metrics, self._move)
         metric = self.config.val.metric
         if self._is_better(results[metric]):
             self.best_metrics = {**results, "iteration": self.iteration}
-            _, weights_path = self.checkpoints.save("best", self._checkpoint(), self._model_state())
-            self.logger.archive_best(weights_path)
+            self.checkpoints.save("best", self._checkpoint(), self._weights(self.eval_model), on_written=self.logger.archive_best)
         self.logger.log_validation(iteration=self.iteration, results=results, best=self.best_metrics, metric=metric)
 
     def _is_better(self, value: float) -> bool:
@@ -306,7 +337,7 @@ class Trainer:
     def _checkpoint(self) -> dict[str, Any]:
         """The full checkpoint of the current state (see make_checkpoint for the layout)."""
         return make_checkpoint(
-            model_state=self._model_state(),
+            model_state=self._weights(self.model),
             optimizer=self.optimizer,
             scheduler=self.scheduler,
             trainer_state=self.state_dict(),
@@ -314,11 +345,8 @@ class Trainer:
         )
 
     def _save_iteration(self) -> None:
-        """Write <name>_iter_<N>.pt and .pth, then prune old ones."""
-        tag = f"iter_{self.iteration}"
-        self.checkpoints.save(tag, self._checkpoint(), self._model_state())
-        for path in self.checkpoints.prune():
-            self.logger.info(f"pruned {path} (checkpoint.keep_last {self.config.checkpoint.keep_last})")
+        """Write <name>_iter_<N>.pt and .pth (old ones are pruned once they are complete)."""
+        self.checkpoints.save(f"iter_{self.iteration}", self._checkpoint(), self._weights(self.eval_model))
 
     def _best_text(self) -> str:
         """', best accuracy 0.98 @ iter 250' or ''."""
@@ -328,8 +356,11 @@ class Trainer:
         return f", best {metric} {self.best_metrics[metric]:.4f} @ iter {int(self.best_metrics['iteration'])}"
 
     def close(self) -> None:
-        """Release the logger's files."""
-        self.logger.close()
+        """Wait for the last checkpoint write, then release the logger's files."""
+        try:
+            self.checkpoints.wait()
+        finally:
+            self.logger.close()
 
 
 def import_plugins(modules: list[str]) -> None:

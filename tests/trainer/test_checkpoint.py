@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from tests.conftest import run_train, tiny_config, write_config
 from tests.helpers import train_in_process
 from trainer.checkpoint import CheckpointManager, clean_state_dict, load_file
 from trainer.config import config_from_dict
-from trainer.errors import InputError
+from trainer.errors import InputError, TrainingError
 from trainer.trainer import Trainer
 from utils.io import atomic_torch_save
 
@@ -93,17 +94,60 @@ def test_atomic_save_failure_leaves_the_previous_file_intact(tmp_path):
 
 def test_latest_and_prune_see_only_this_experiments_complete_files(tmp_path):
     manager = CheckpointManager(tmp_path, "exp", keep_last=2)
+    (tmp_path / "exp_long_iter_1.pt").write_bytes(b"another experiment that shares the prefix")
+    (tmp_path / ".exp_iter_20.pt.1.tmp").write_bytes(b"interrupted write")
+    manager.save("best", {"iteration": 5}, {"w": torch.ones(1)})
     for iteration in (5, 10, 15):
         manager.save(f"iter_{iteration}", {"iteration": iteration}, {"w": torch.ones(1)})
-    manager.save("best", {"iteration": 5}, {"w": torch.ones(1)})
-    (tmp_path / "exp_long_iter_99.pt").write_bytes(b"another experiment")
-    (tmp_path / ".exp_iter_20.pt.1.tmp").write_bytes(b"interrupted write")
     assert manager.latest() == tmp_path / "exp_iter_15.pt"
-    removed = manager.prune()
-    assert sorted(p.name for p in removed) == ["exp_iter_5.pt", "exp_iter_5.pth"]
-    assert {"exp_best.pt", "exp_best.pth", "exp_iter_10.pt", "exp_iter_15.pth", "exp_long_iter_99.pt"} <= {
-        p.name for p in tmp_path.iterdir()
+    names = {p.name for p in tmp_path.iterdir()}
+    # Each iteration save pruned down to keep_last once its own files were complete.
+    assert {n for n in names if n.startswith("exp_iter_")} == {
+        "exp_iter_10.pt",
+        "exp_iter_10.pth",
+        "exp_iter_15.pt",
+        "exp_iter_15.pth",
     }
+    assert {"exp_best.pt", "exp_best.pth", "exp_long_iter_1.pt", ".exp_iter_20.pt.1.tmp"} <= names
+    assert manager.prune() == []
+
+
+def test_background_save_writes_the_same_bytes_as_a_synchronous_save(trained, tmp_path):
+    checkpoint = torch.load(trained / "tiny_iter_10.pt", weights_only=True)
+    weights = torch.load(trained / "tiny_iter_10.pth", weights_only=True)["params"]
+    CheckpointManager(tmp_path / "sync", "x").save("iter_1", checkpoint, weights)
+    background = CheckpointManager(tmp_path / "async", "x", background=True)
+    background.save("iter_1", checkpoint, weights)
+    background.wait()
+    for name in ("x_iter_1.pt", "x_iter_1.pth"):
+        assert (tmp_path / "async" / name).read_bytes() == (tmp_path / "sync" / name).read_bytes()
+
+
+def test_background_save_snapshots_the_state_before_returning(tmp_path):
+    manager = CheckpointManager(tmp_path, "x", background=True)
+    weights = {"w": torch.zeros(1000)}
+    manager.save("iter_1", {"iteration": 1}, weights)
+    weights["w"].add_(1)  # training goes on while the file is written
+    manager.wait()
+    assert torch.equal(torch.load(tmp_path / "x_iter_1.pth", weights_only=True)["params"]["w"], torch.zeros(1000))
+
+
+def _disk_full(obj, path):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_full_disk_stops_with_a_clear_error_and_keeps_earlier_checkpoints(tmp_path, monkeypatch, background):
+    manager = CheckpointManager(tmp_path, "x", keep_last=1, background=background)
+    manager.save("iter_1", {"iteration": 1}, {"w": torch.ones(1)})
+    manager.wait()
+    before = (tmp_path / "x_iter_1.pt").read_bytes()
+    monkeypatch.setattr("trainer.checkpoint.atomic_torch_save", _disk_full)
+    with pytest.raises(TrainingError, match=r"could not write checkpoint .*x_iter_2\.pt \(No space left on device\); earlier"):
+        manager.save("iter_2", {"iteration": 2}, {"w": torch.ones(1)})
+        manager.wait()  # a background write reports its failure here
+    assert (tmp_path / "x_iter_1.pt").read_bytes() == before  # not pruned: the new save never completed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x_iter_1.pt", "x_iter_1.pth"]
 
 
 # -- pretrain_path: every common format --------------------------------------------------------

@@ -1,0 +1,89 @@
+"""One optimizer step: micro-batches under autocast, scaled backward, unscale + clip, step, EMA."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from trainer.config import TrainConfig
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def build_ema(model: nn.Module, decay: float | None) -> AveragedModel | None:
+    """An exponential moving average of `model`'s parameters and buffers (torch.optim.swa_utils)."""
+    if decay is None:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+class OptimizerStep:
+    """Runs one optimizer step over `train.accumulate` micro-batches.
+
+    The loss of each micro-batch is divided by the number of micro-batches, so the gradient is
+    that of their mean. Under DDP only the last micro-batch synchronises gradients. With
+    amp fp16 a GradScaler scales the loss; gradients are unscaled before clipping. Nothing
+    here reads a value back to the host (GradScaler itself checks for inf/NaN on fp16 steps).
+    """
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        raw_model: nn.Module,
+        loss_fn: Callable,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any | None,
+        ema: AveragedModel | None,
+        config: TrainConfig,
+        device: torch.device,
+    ) -> None:
+        self.model = model  # the module that runs forward: compiled and/or DDP-wrapped
+        self.raw_model = raw_model  # the plain module whose weights the EMA follows
+        self.loss_fn = loss_fn
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.ema = ema
+        self.accumulate = config.accumulate
+        self.grad_clip = config.grad_clip
+        self.device_type = device.type
+        self.amp_dtype = AMP_DTYPES[config.amp]
+        self.scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
+        self._parameters = [p for group in optimizer.param_groups for p in group["params"]]
+
+    def __call__(self, micro_batches: Iterable[tuple[Any, Any]]) -> torch.Tensor:
+        """Train on `accumulate` (inputs, targets) micro-batches; return their mean loss (on device)."""
+        total = None
+        for index, (inputs, targets) in enumerate(micro_batches):
+            last = index == self.accumulate - 1
+            with self._gradient_sync(last), self._autocast():
+                loss = self.loss_fn(self.model(inputs), targets) / self.accumulate
+            self.scaler.scale(loss).backward()
+            total = loss.detach() if total is None else total + loss.detach()
+        if self.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self._parameters, self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.raw_model)
+        return total
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """autocast on the model's device with the configured dtype, or nothing."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.amp_dtype)
+
+    def _gradient_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        """DDP's no_sync() on every micro-batch but the last: one all-reduce per step."""
+        no_sync = getattr(self.model, "no_sync", None)
+        return contextlib.nullcontext() if last or no_sync is None else no_sync()
