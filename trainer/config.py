@@ -64,7 +64,7 @@ def _read_mapping(path: Path) -> dict:
         raise InputError(f"config file {path} is empty; it needs at least the required keys (see configs/digits_cnn.yaml)")
     if not isinstance(document, dict):
         raise InputError(
-            f"config file {path}: the top level is a {_type_name(document)}, expected a mapping of keys "
+            f"config file {path}: the top level is {_a(_type_name(document))}, expected a mapping of keys "
             "such as `name:` and `model:`"
         )
     return document
@@ -112,16 +112,17 @@ def apply_override(document: dict, override: str) -> dict:
     parts = key.strip().split(".")
     if not all(parts):
         raise InputError(f"override {override!r}: {key!r} is not a dotted key path such as optimizer.lr")
+    if parts[0] == "base":
+        raise InputError(f"override {override!r}: base cannot be overridden; write a child config with `base:` instead")
     value = parse_yaml(text, f"override {key}") if text.strip() else ""
     node = document
     for depth, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        elif not isinstance(child, dict):
+        node = node.get(part)
+        if node is None:
+            break  # merge() builds the missing levels
+        if not isinstance(node, dict):
             where = ".".join(parts[: depth + 1])
-            raise InputError(f"override {override!r}: {where} is a {_type_name(child)}, not a mapping with keys")
-        node = child
+            raise InputError(f"override {override!r}: {where} is {_a(_type_name(node))}, not a mapping with keys")
     nested = value
     for part in reversed(parts):
         nested = {part: nested}
@@ -259,7 +260,8 @@ class LoggingConfig:
     """Show a tqdm bar (only when stdout is a terminal)."""
 
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
+# The first character may not be a dot: "." or ".." would make experiments/<name>/ a parent directory.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -267,7 +269,9 @@ DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 class Config:
     """One experiment, validated. Build it with `load_config`; it is never mutated afterwards."""
 
-    name: str = field(metadata=_check(NAME_PATTERN.match, "letters, digits, '_', '.' or '-' (it names files)"))
+    name: str = field(
+        metadata=_check(NAME_PATTERN.match, "letters, digits, '_', '.' or '-', not starting with '.' (it names files)")
+    )
     """Names every output file."""
     model: Component
     """The network."""
@@ -346,6 +350,23 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
+def _a(noun: str) -> str:
+    """'an integer', 'a string': the noun with its indefinite article."""
+    return f"an {noun}" if noun[:1] in "aeiou" else f"a {noun}"
+
+
+_PLURALS = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}
+
+
+def _plural(hint: Any) -> str:
+    """'strings', 'lists of strings': what a list of `hint` holds."""
+    if get_origin(hint) is list:
+        return f"lists of {_plural(get_args(hint)[0])}"
+    if hint is MetricSpec:
+        return "metric names or {type, name} mappings"
+    return _PLURALS.get(hint, "mappings")
+
+
 def _describe(hint: Any) -> str:
     """A reader's name for a type hint, for 'expected ...'."""
     origin = get_origin(hint)
@@ -354,7 +375,7 @@ def _describe(hint: Any) -> str:
     if origin is Literal:
         return "one of " + ", ".join(repr(arg) for arg in get_args(hint))
     if origin is list:
-        return f"a list of {_describe(get_args(hint)[0])}s" if get_args(hint) else "a list"
+        return f"a list of {_plural(get_args(hint)[0])}" if get_args(hint) else "a list"
     if hint is Component:
         return "a mapping with a `type` (registered name or dotted path) and its kwargs"
     names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}

@@ -8,6 +8,7 @@ lr_scheduler and torch.nn loss works by name), then imported as a dotted path
 
 from __future__ import annotations
 
+import copy
 import difflib
 import importlib
 import inspect
@@ -42,21 +43,32 @@ class Registry:
     def names(self) -> list[str]:
         """Every name this registry resolves without a dotted path."""
         fallback = self._fallback() if self._fallback else None
-        extra = [n for n, v in vars(fallback).items() if inspect.isclass(v) and not n.startswith("_")] if fallback else []
-        return sorted(set(self._entries) | set(extra))
+        extra = [name for name, value in vars(fallback).items() if _is_torch_class(value)] if fallback else []
+        return sorted(set(self._entries) | {name for name in extra if not name.startswith("_")})
 
     def get(self, name: str) -> Callable:
         """The class registered as `name`, found in the fallback module, or imported by dotted path."""
         if name in self._entries:
             return self._entries[name]
         fallback = self._fallback() if self._fallback else None
-        if fallback is not None and inspect.isclass(getattr(fallback, name, None)):
+        if fallback is not None and _is_torch_class(getattr(fallback, name, None)):
             return getattr(fallback, name)
         if "." in name:
             return _import_dotted(name, self.kind)
-        close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
-        hint = f"did you mean {' or '.join(close)}?" if close else "register it or give a dotted path such as mypkg.module.Class"
+        hint = _suggest(name, self.names()) or "register it or give a dotted path such as mypkg.module.Class"
         raise InputError(f"unknown {self.kind} type {name!r}; {hint}")
+
+
+def _is_torch_class(value: object) -> bool:
+    """A class defined by torch itself (not `collections.Counter` imported into a torch module)."""
+    return inspect.isclass(value) and value.__module__.startswith("torch")
+
+
+def _suggest(name: str, known: list[str]) -> str:
+    """'did you mean X?' for the known names nearest to `name`, ignoring case; '' if none is near."""
+    by_lower = {candidate.lower(): candidate for candidate in known}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.5)
+    return f"did you mean {' or '.join(by_lower[c] for c in close)}?" if close else ""
 
 
 def _import_dotted(path: str, kind: str) -> Callable:
@@ -74,21 +86,23 @@ def _import_dotted(path: str, kind: str) -> Callable:
     return getattr(module, attribute)
 
 
-def build(registry: Registry, spec: Component, *args: Any, **extra: Any) -> Any:
+def build(registry: Registry, spec: Component, *args: Any, key: str | None = None, **extra: Any) -> Any:
     """Construct `spec.type(*args, **extra, **spec.kwargs)`; a wrong argument is an InputError.
 
     `args`/`extra` are what the trainer supplies (an optimizer's parameters, a scheduler's
-    optimizer); the spec's kwargs come from the config and are copied, never consumed.
+    optimizer); the spec's kwargs come from the config and are deep-copied, never consumed.
+    `key` is the config key of the spec, named in errors.
     """
+    what = f"{registry.kind} {spec.type}" if key is None else f"config key {key}: {registry.kind} {spec.type}"
     target = registry.get(spec.type)
-    kwargs = {**extra, **spec.kwargs}
-    _check_arguments(target, args, kwargs, f"{registry.kind} {spec.type}")
+    kwargs = {**extra, **copy.deepcopy(spec.kwargs)}
+    _check_arguments(target, args, kwargs, what)
     try:
         return target(*args, **kwargs)
     except (ValueError, TypeError) as error:
         # The arguments bound, so this is a bad value: torch.optim and friends validate values
         # with ValueError ("Invalid learning rate: -1.0") and reject wrong types with TypeError.
-        raise InputError(f"{registry.kind} {spec.type}: {error}; fix its arguments in the config") from None
+        raise InputError(f"{what}: {error}; fix its arguments in the config") from None
 
 
 def _check_arguments(target: Callable, args: tuple, kwargs: dict, what: str) -> None:
@@ -97,10 +111,20 @@ def _check_arguments(target: Callable, args: tuple, kwargs: dict, what: str) -> 
         signature = inspect.signature(target)
     except (TypeError, ValueError):
         return  # builtins without a signature: let the call itself decide
+    parameters = signature.parameters
+    accepted = [name for name, p in parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    unknown = [name for name in kwargs if name not in parameters] if not takes_any else []
+    if unknown:
+        # Named before any missing argument: `out: 3` is a typo of out_features, report `out`.
+        near = _suggest(unknown[0], accepted)
+        raise InputError(
+            f"{what}: got an unexpected keyword argument {unknown[0]!r}{f' ({near})' if near else ''}; "
+            f"it accepts {', '.join(accepted) or 'no arguments'}"
+        )
     try:
         signature.bind(*args, **kwargs)
     except TypeError as error:
-        accepted = [p for p in signature.parameters if p not in ("self", "args", "kwargs")]
         raise InputError(f"{what}: {error}; it accepts {', '.join(accepted) or 'no arguments'}") from None
 
 

@@ -95,20 +95,23 @@ class Trainer:
     def _build_components(self) -> None:
         """Model, loss, metrics, data loaders, optimizer and scheduler, from the config."""
         config = self.config
-        self.model = build(MODELS, config.model).to(self.device)
+        self.model = build(MODELS, config.model, key="model").to(self.device)
         if config.train.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.loss_fn = build(LOSSES, config.loss)
+        self.loss_fn = build(LOSSES, config.loss, key="loss")
         if isinstance(self.loss_fn, nn.Module):
             self.loss_fn.to(self.device)
-        self.metrics = {spec.name: build(METRICS, Component(spec.type, spec.kwargs)) for spec in config.metrics}
+        self.metrics = {
+            spec.name: build(METRICS, Component(spec.type, spec.kwargs), key=f"metrics[{index}]")
+            for index, spec in enumerate(config.metrics)
+        }
         self.train_loader = self._build_loader(config.data.train, "data.train", config.data.batch_size, train=True)
         self.val_loader = None
         if config.data.val is not None:
             val_batch = config.data.val_batch_size or config.data.batch_size
             self.val_loader = self._build_loader(config.data.val, "data.val", val_batch, train=False)
-        self.optimizer = build(OPTIMIZERS, config.optimizer, self.model.parameters())
-        self.scheduler = build(SCHEDULERS, config.scheduler, self.optimizer) if config.scheduler else None
+        self.optimizer = build(OPTIMIZERS, config.optimizer, self.model.parameters(), key="optimizer")
+        self.scheduler = build(SCHEDULERS, config.scheduler, self.optimizer, key="scheduler") if config.scheduler else None
         self.ema = build_ema(self.model, config.train.ema)
         # torch.compile wraps the same module: its parameters are the model's, and state dicts
         # are always taken from the plain `self.model`, so no `_orig_mod.` reaches a file.
@@ -128,7 +131,7 @@ class Trainer:
         """A loader over the dataset `spec`; an empty or too-small training set is an InputError."""
         from data.loader import build_loader
 
-        dataset = build(DATASETS, spec)
+        dataset = build(DATASETS, spec, key=key)
         if len(dataset) == 0:
             raise InputError(f"config key {key}: the {spec.type} dataset is empty; point it at data")
         if train and batch_size > len(dataset):

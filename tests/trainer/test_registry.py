@@ -307,10 +307,6 @@ def test_build_with_an_unknown_type_is_an_input_error():
     assert message.startswith("unknown loss type 'MSELos'; did you mean MSELoss")
 
 
-@pytest.mark.xfail(
-    reason="difflib is case-sensitive: 'Adamw' suggests Adam, RAdam, NAdam; 'mseloss' suggests HuberLoss",
-    strict=True,
-)
 @pytest.mark.parametrize(
     ("registry", "typo", "right"),
     [(OPTIMIZERS, "Adamw", "AdamW"), (OPTIMIZERS, "adamw", "AdamW"), (LOSSES, "mseloss", "MSELoss")],
@@ -321,10 +317,6 @@ def test_name_differing_only_in_case_suggests_the_right_name_first(registry: Reg
     assert message.split("did you mean ")[1].startswith(right)
 
 
-@pytest.mark.xfail(
-    reason="the fallback lists every class in the module's namespace, collections.Counter imported there included",
-    strict=True,
-)
 def test_suggestions_for_a_scheduler_are_schedulers():
     message = error_of(lambda: SCHEDULERS.get("Cosine"))
     assert "CosineAnnealingLR" in message
@@ -338,14 +330,16 @@ def test_suggestions_for_a_scheduler_are_schedulers():
 def test_unexpected_constructor_argument_names_component_argument_and_what_it_accepts():
     message = error_of(lambda: build(MODELS, Component("SimpleCNN", {"widht": 8})))
     assert message == (
-        "model SimpleCNN: got an unexpected keyword argument 'widht'; "
+        "model SimpleCNN: got an unexpected keyword argument 'widht' (did you mean width?); "
         "it accepts num_classes, in_channels, width, image_size, dropout"
     )
 
 
 def test_unexpected_optimizer_argument_names_the_optimizer_and_argument():
     message = error_of(lambda: build(OPTIMIZERS, Component("AdamW", {"lrr": 0.1}), parameters()))
-    assert message.startswith("optimizer AdamW: got an unexpected keyword argument 'lrr'; it accepts params, lr,")
+    assert message.startswith(
+        "optimizer AdamW: got an unexpected keyword argument 'lrr' (did you mean lr?); it accepts params, lr,"
+    )
 
 
 def test_missing_required_constructor_argument_is_named():
@@ -357,13 +351,11 @@ def test_missing_required_constructor_argument_is_named():
 def test_unexpected_argument_of_a_dotted_path_class_names_the_path():
     spec = Component("torch.nn.Linear", {"in_features": 2, "out_features": 3, "bais": False})
     message = error_of(lambda: build(MODELS, spec))
-    assert message.startswith("model torch.nn.Linear: got an unexpected keyword argument 'bais'; it accepts in_features,")
+    assert message.startswith(
+        "model torch.nn.Linear: got an unexpected keyword argument 'bais' (did you mean bias?); it accepts in_features,"
+    )
 
 
-@pytest.mark.xfail(
-    reason="signature.bind reports the missing 'out_features' first, so the typo 'out' the user wrote is never named",
-    strict=True,
-)
 def test_misspelt_required_argument_names_the_misspelling():
     message = error_of(lambda: build(MODELS, Component("torch.nn.Linear", {"in_features": 2, "out": 3})))
     assert message.startswith("model torch.nn.Linear: ")
@@ -407,10 +399,6 @@ def test_failed_build_leaves_the_spec_intact():
     assert spec == Component("SimpleCNN", {"widht": 8})
 
 
-@pytest.mark.xfail(
-    reason="build copies spec.kwargs shallowly: a constructor that edits a list it was given edits the frozen config",
-    strict=True,
-)
 def test_build_gives_the_constructor_its_own_copy_of_nested_kwargs(plugin_module):
     name = plugin_module(
         "class Stack:\n"
