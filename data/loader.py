@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
 from data.sampler import ResumableBatchSampler
 from utils.seed import isolated_rng, sample_seeds, seed_sample
@@ -12,8 +12,8 @@ from utils.seed import isolated_rng, sample_seeds, seed_sample
 class BatchFetcher(Dataset):
     """Turns one `(epoch, indices)` request of the sampler into a collated batch.
 
-    Datasets that live in memory define `get_batch(indices, seeds)` and are fetched with one
-    index_select per batch. Any other map-style dataset is read sample by sample, each sample
+    Datasets that live in memory define `get_batch(indices, seeds)` (or are a TensorDataset)
+    and are fetched with one index_select per batch. Any other map-style dataset is read sample by sample, each sample
     under generators seeded by (seed, epoch, index), so its random transforms do not depend on
     the worker that runs them or on where a run was resumed.
     """
@@ -33,6 +33,8 @@ class BatchFetcher(Dataset):
         get_batch = getattr(self.dataset, "get_batch", None)
         if get_batch is not None:
             return get_batch(indices, seeds)
+        if isinstance(self.dataset, TensorDataset):  # a user's tensors: one index_select each
+            return tuple(tensor[indices] for tensor in self.dataset.tensors)
         with isolated_rng():
             samples = []
             for index, seed in zip(indices.tolist(), seeds.tolist(), strict=True):

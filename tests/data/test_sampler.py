@@ -93,3 +93,13 @@ def test_per_sample_randomness_does_not_depend_on_workers_or_on_the_main_rng():
     in_process = first_epoch(0)
     assert torch.equal(torch.get_rng_state(), before)  # dropout's stream was not touched
     assert torch.equal(in_process, first_epoch(2))
+
+
+def test_tensor_dataset_is_fetched_a_batch_at_a_time():
+    from torch.utils.data import TensorDataset
+
+    inputs, targets = torch.arange(100.0)[:, None], torch.arange(100)
+    loader = build_loader(TensorDataset(inputs, targets), batch_size=10, seed=0, train=True, num_workers=0, pin_memory=False)
+    batch_inputs, batch_targets = next(iter(loader))
+    expected = loader.sampler.epoch_order(0)[:10]
+    assert torch.equal(batch_targets, expected) and torch.equal(batch_inputs[:, 0], expected.float())
