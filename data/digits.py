@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -17,7 +18,7 @@ class Digits(Dataset):
 
     Images are (1, 8, 8) float tensors normalised with the training split's mean and std;
     labels are int64 class indices 0-9. With `augment: true` each training image is shifted by
-    up to `max_shift` pixels (zero background), drawn from the sample's own seed.
+    up to `max_shift` pixels (blank background), drawn from the sample's own seed.
     """
 
     def __init__(
@@ -41,10 +42,13 @@ class Digits(Dataset):
         num_val = round(len(labels) * val_fraction)
         train_indices, val_indices = order[num_val:], order[:num_val]
         chosen = train_indices if split == "train" else val_indices
-        self.images, self.labels = images[chosen], labels[chosen]
-        # Both splits use the training split's statistics, as a deployed model would.
+        # Both splits use the training split's statistics, as a deployed model would. Images are
+        # stored normalised, so a batch costs one gather (and a shift when augmenting).
         self.mean = images[train_indices].mean().item()
         self.std = images[train_indices].std().item()
+        self.images = (images[chosen] - self.mean) / self.std
+        self.labels = labels[chosen]
+        self.background = -self.mean / self.std  # a blank pixel after normalisation
         self.augment = augment
         self.max_shift = max_shift
 
@@ -54,25 +58,25 @@ class Digits(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One sample, not augmented: ((1, 8, 8) image, label)."""
-        return (self.images[index] - self.mean) / self.std, self.labels[index]
+        return self.images[index], self.labels[index]
 
-    def get_batch(self, indices: torch.Tensor, seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def get_batch(self, indices: torch.Tensor, seeds: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """A whole batch in one gather: ((B, 1, 8, 8) images, (B,) labels)."""
         images = self.images[indices]
         if self.augment and self.max_shift > 0:
-            images = random_shift(images, seeds, self.max_shift)
-        return (images - self.mean) / self.std, self.labels[indices]
+            images = random_shift(images, seeds(), self.max_shift, fill=self.background)
+        return images, self.labels[indices]
 
 
-def random_shift(images: torch.Tensor, seeds: torch.Tensor, max_shift: int) -> torch.Tensor:
-    """Shift each (C, H, W) image by its own (dy, dx) in [-max_shift, max_shift], zero-filled.
+def random_shift(images: torch.Tensor, seeds: torch.Tensor, max_shift: int, fill: float = 0.0) -> torch.Tensor:
+    """Shift each (C, H, W) image by its own (dy, dx) in [-max_shift, max_shift], `fill`-ed.
 
     Vectorised: pad once, then gather every image's window with advanced indexing.
     """
     batch, channels, height, width = images.shape
     span = 2 * max_shift + 1
     dy, dx = seeds % span, (seeds // span) % span  # (B,), offsets into the padded image
-    padded = F.pad(images, (max_shift, max_shift, max_shift, max_shift))  # (B, C, H+2m, W+2m)
+    padded = F.pad(images, (max_shift, max_shift, max_shift, max_shift), value=fill)  # (B, C, H+2m, W+2m)
     rows = (dy[:, None] + torch.arange(height))[:, None, :, None]  # (B, 1, H, 1)
     cols = (dx[:, None] + torch.arange(width))[:, None, None, :]  # (B, 1, 1, W)
     batch_index = torch.arange(batch)[:, None, None, None]  # (B, 1, 1, 1)

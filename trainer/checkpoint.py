@@ -13,7 +13,6 @@ import pickle
 import re
 import shutil
 import threading
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,10 @@ KEY_WEIGHTS = "params"  # the one key of a weight-only .pth (BasicSR's conventio
 # Where pretrain_key: auto looks, in order, before taking the file itself as the state dict.
 AUTO_WEIGHT_KEYS = ("params", "model", "state_dict")
 # Wrappers whose prefixes never belong in saved keys: DDP's `module.`, torch.compile's `_orig_mod.`.
-_WRAPPER_PREFIX = re.compile(r"(^|(?<=\.))(module|_orig_mod)\.")
+# DDP adds `module.` in front of every key; torch.compile adds `_orig_mod.` in front of the
+# compiled module's keys, which may sit inside a parent module.
+_WRAPPER_PREFIX = re.compile(r"^(module\.)?(_orig_mod\.)?")
+_COMPILED_INFIX = re.compile(r"(?<=\.)_orig_mod\.")
 
 
 def make_checkpoint(
@@ -74,7 +76,7 @@ def make_checkpoint(
 
 def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drop DDP (`module.`) and torch.compile (`_orig_mod.`) prefixes from every key."""
-    return {_WRAPPER_PREFIX.sub("", key): value for key, value in state.items()}
+    return {_COMPILED_INFIX.sub("", _WRAPPER_PREFIX.sub("", key)): value for key, value in state.items()}
 
 
 def load_file(path: str | Path, what: str) -> Any:
@@ -95,7 +97,7 @@ def load_file(path: str | Path, what: str) -> Any:
         raise InputError(
             f"{what} {path} is corrupt, truncated or not a PyTorch file (unreadable pickle); use another file"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+    except Exception as error:  # noqa: BLE001 - torch.load on damaged bytes raises all sorts (IndexError, EOFError, ...)
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise InputError(f"{what} {path} is corrupt, truncated or not a PyTorch file ({reason}); use another file") from None
 
@@ -161,9 +163,16 @@ class LoadReport:
         return "; ".join(parts)
 
 
-def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], *, strict: bool, source: str) -> LoadReport:
-    """Load `state` into `model`. strict: any difference is an InputError naming the first keys;
-    otherwise the matching tensors load and the report lists the rest."""
+def load_model_state(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    *,
+    strict: bool,
+    source: str,
+    fix: str = "check that the config builds the same architecture, or set strict_load: false to load only what matches",
+) -> LoadReport:
+    """Load `state` into `model`. strict: any difference is an InputError naming the first keys
+    and saying `fix`; otherwise the matching tensors load and the report lists the rest."""
     own = model.state_dict()
     report = LoadReport(
         missing=[key for key in own if key not in state],
@@ -175,10 +184,7 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], *, strict
         ],
     )
     if report and strict:
-        raise InputError(
-            f"{source} does not match the model ({report.describe()}); check that the config builds the same "
-            "architecture, or set strict_load: false to load only what matches"
-        )
+        raise InputError(f"{source} does not match the model ({report.describe()}); {fix}")
     matching = {key: value for key, value in state.items() if key in own and value.shape == own[key].shape}
     model.load_state_dict(matching, strict=False)
     return report

@@ -93,8 +93,12 @@ def build(registry: Registry, spec: Component, *args: Any, key: str | None = Non
     optimizer); the spec's kwargs come from the config and are deep-copied, never consumed.
     `key` is the config key of the spec, named in errors.
     """
-    what = f"{registry.kind} {spec.type}" if key is None else f"config key {key}: {registry.kind} {spec.type}"
-    target = registry.get(spec.type)
+    where = "" if key is None else f"config key {key}: "
+    what = f"{where}{registry.kind} {spec.type}"
+    try:
+        target = registry.get(spec.type)
+    except InputError as error:
+        raise InputError(f"{where}{error}") from None
     kwargs = {**extra, **copy.deepcopy(spec.kwargs)}
     _check_arguments(target, args, kwargs, what)
     try:

@@ -62,7 +62,9 @@ class OptimizerStep:
         for index, (inputs, targets) in enumerate(micro_batches):
             last = index == self.accumulate - 1
             with self._gradient_sync(last), self._autocast():
-                loss = self.loss_fn(self.model(inputs), targets) / self.accumulate
+                loss = self.loss_fn(self.model(inputs), targets)
+                if self.accumulate > 1:
+                    loss = loss / self.accumulate
             self.scaler.scale(loss).backward()
             total = loss.detach() if total is None else total + loss.detach()
         if self.grad_clip is not None:

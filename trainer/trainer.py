@@ -27,7 +27,7 @@ from trainer.checkpoint import (
     make_checkpoint,
 )
 from trainer.config import Component, Config, dump_config
-from trainer.errors import InputError
+from trainer.errors import InputError, TrainingError
 from trainer.evaluation import evaluate
 from trainer.logger import Logger, archive_log_dir
 from trainer.registry import DATASETS, LOSSES, METRICS, MODELS, OPTIMIZERS, SCHEDULERS, build
@@ -41,6 +41,9 @@ def run(config: Config) -> int:
     trainer = Trainer(config)
     try:
         return trainer.fit()
+    except TrainingError as error:
+        trainer.logger.info(f"error: {error}")  # train.log keeps why the run stopped
+        raise
     finally:
         trainer.close()
 
@@ -70,10 +73,10 @@ class Trainer:
         self._loss_sum = torch.zeros((), device=self.device)  # summed on device, read when logging
         self._loss_steps = 0
         self._config_changes: list[str] = []
+        self._skipped_checkpoints: list[str] = []
 
         # Everything that can reject an input file runs before anything is moved or written.
-        resume_path = self._resolve_resume_path()
-        checkpoint = self.checkpoints.load_checkpoint(resume_path) if resume_path else None
+        resume_path, checkpoint = self._find_checkpoint()
         notes = self._resume(checkpoint, resume_path) if checkpoint else self._load_pretrained()
         if checkpoint is None:
             notes = self._archive_previous_run() + notes
@@ -83,7 +86,7 @@ class Trainer:
             total_iters=config.train.total_iters,
             start_iteration=self.iteration,
         )
-        for note in notes:
+        for note in self._skipped_checkpoints + notes:
             self.logger.info(note)
         if checkpoint is None:
             self.logger.save_text("config.yaml", dump_config(config))
@@ -172,9 +175,9 @@ class Trainer:
         self.position = state["position"]
         self.best_metrics = dict(state[KEY_BEST])
         self._batches = None
-        if state["scaler"]:
+        if state.get("scaler"):
             self.step.scaler.load_state_dict(state["scaler"])
-        if self.ema is not None and state["ema"] is not None:
+        if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
         set_rng_state(state["rng"])
 
@@ -189,15 +192,36 @@ class Trainer:
 
     # -- resume, pretrain, archive ----------------------------------------------------------
 
-    def _resolve_resume_path(self) -> Path | None:
-        """resume_path as a file, `auto` -> the newest checkpoint of this experiment (or None)."""
-        if self.config.resume_path == "auto":
-            return self.checkpoints.latest()
-        return Path(self.config.resume_path) if self.config.resume_path else None
+    def _find_checkpoint(self) -> tuple[Path | None, dict[str, Any] | None]:
+        """The checkpoint to resume from: resume_path, or for `auto` the newest one that loads."""
+        if self.config.resume_path is None:
+            return None, None
+        if self.config.resume_path != "auto":
+            path = Path(self.config.resume_path)
+            return path, self.checkpoints.load_checkpoint(path)
+        for _, path in reversed(self.checkpoints.iteration_checkpoints()):
+            try:
+                return path, self.checkpoints.load_checkpoint(path)
+            except InputError as error:  # damaged on disk after it was written: try the one before
+                self._skipped_checkpoints.append(f"resume_path auto skipped {error}")
+        return None, None
 
     def _resume(self, checkpoint: dict[str, Any], path: Path) -> list[str]:
         """Restore model, optimizer, scheduler and loop state from a full checkpoint; return log notes."""
-        load_model_state(self.model, checkpoint[KEY_MODEL], strict=True, source=f"resume_path {path}")
+        load_model_state(
+            self.model,
+            checkpoint[KEY_MODEL],
+            strict=True,
+            source=f"resume_path {path}",
+            fix="resume with the model config the run was started with (pretrain_path takes weights into another model)",
+        )
+        saved_optimizer = checkpoint[KEY_CONFIG].get("optimizer", {}).get("type")
+        if saved_optimizer != self.config.optimizer.type:
+            raise InputError(
+                f"resume_path {path} was trained with optimizer {saved_optimizer}, the config asks for "
+                f"{self.config.optimizer.type}; resume with {saved_optimizer}, or start a new run from these "
+                "weights with pretrain_path"
+            )
         try:
             self.optimizer.load_state_dict(checkpoint[KEY_OPTIMIZER])
             if self.scheduler is not None and checkpoint[KEY_SCHEDULER] is not None:
@@ -215,7 +239,10 @@ class Trainer:
         ]
         notes = [f"resumed from {path} at iteration {self.iteration} (epoch {self.epoch})"]
         if self._config_changes:
-            notes.append("config changed since the checkpoint: " + "; ".join(self._config_changes))
+            notes.append(
+                "config changed since the checkpoint: " + "; ".join(self._config_changes) + " (optimizer and "
+                "scheduler settings, such as lr and T_max, keep their checkpointed values)"
+            )
         return notes
 
     def _load_pretrained(self) -> list[str]:

@@ -73,8 +73,16 @@ def test_clean_state_dict_strips_ddp_and_compile_prefixes():
         "module._orig_mod.head.weight": torch.ones(1),
         "_orig_mod.features.0.bias": torch.zeros(1),
         "modules.x": torch.ones(1),
+        "encoder._orig_mod.block.weight": torch.ones(1),  # a compiled submodule
+        "wrapper.module.weight": torch.ones(1),  # a user's submodule that happens to be called `module`
     }
-    assert list(clean_state_dict(state)) == ["head.weight", "features.0.bias", "modules.x"]
+    assert list(clean_state_dict(state)) == [
+        "head.weight",
+        "features.0.bias",
+        "modules.x",
+        "encoder.block.weight",
+        "wrapper.module.weight",
+    ]
 
 
 def test_atomic_save_failure_leaves_the_previous_file_intact(tmp_path):

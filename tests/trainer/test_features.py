@@ -87,7 +87,7 @@ def test_ema_is_what_validation_scores(tmp_path):
     model.load_state_dict(load_params(tmp_path / "weights" / "tiny_best.pth"))
     model.eval()
     val = Digits("val")
-    images, labels = val.get_batch(torch.arange(len(val)), torch.zeros(len(val), dtype=torch.int64))
+    images, labels = val.get_batch(torch.arange(len(val)), lambda: torch.zeros(len(val), dtype=torch.int64))
     with torch.no_grad():
         accuracy = (model(images).argmax(1) == labels).double().mean().item()
     assert best["best_metrics"]["accuracy"] == pytest.approx(accuracy, abs=1e-12)

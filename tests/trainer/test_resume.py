@@ -159,3 +159,27 @@ def test_sigterm_saves_the_current_iteration_and_exits_143(long_uninterrupted, w
     assert_bitwise_equal(
         load_params(workdir / "weights" / "tiny_iter_800.pth"), load_params(long_uninterrupted / "weights" / "tiny_iter_800.pth")
     )
+
+
+def test_resume_auto_skips_a_damaged_newest_checkpoint(uninterrupted, workdir):
+    weights = workdir / "weights"
+    weights.mkdir()
+    shutil.copy(uninterrupted / "weights" / "tiny_iter_25.pt", weights)
+    (weights / "tiny_iter_50.pt").write_bytes(b"bit rot")
+    assert train_in_process(workdir, RESUME_CONFIG, "resume_path=auto") == 0
+    log = (workdir / "experiments" / "tiny" / "train.log").read_text()
+    assert "resume_path auto skipped resume_path weights/tiny_iter_50.pt is corrupt" in log
+    assert "resumed from weights/tiny_iter_25.pt at iteration 25" in log
+    assert_bitwise_equal(load_params(weights / "tiny_iter_60.pth"), load_params(uninterrupted / "weights" / "tiny_iter_60.pth"))
+
+
+def test_resume_with_another_optimizer_is_a_clear_error(uninterrupted, workdir):
+    from trainer.errors import InputError
+
+    with pytest.raises(InputError, match=r"was trained with optimizer AdamW, the config asks for SGD; resume with AdamW"):
+        train_in_process(
+            workdir,
+            RESUME_CONFIG,
+            f"resume_path={uninterrupted / 'weights' / 'tiny_iter_25.pt'}",
+            "optimizer={type: SGD, lr: 0.1}",
+        )
