@@ -27,14 +27,13 @@ def evaluate(
     was_training = model.training
     model.eval()
     names = list(metrics)
-    totals = None
+    device = next(model.parameters()).device
+    # (metric, [sum, count]); zeros so that a rank whose shard is empty still joins the reduce
+    totals = torch.zeros(len(names), 2, dtype=torch.float64, device=device)
     for batch in batches:
         inputs, targets = move(batch)
         output = model(inputs)
-        stats = torch.stack([torch.stack(metrics[name](output, targets)).to(torch.float64) for name in names])
-        totals = stats if totals is None else totals + stats
+        totals += torch.stack([torch.stack(metrics[name](output, targets)).to(torch.float64) for name in names])
     model.train(was_training)
-    if totals is None:
-        raise RuntimeError("validation ran over no batches: the validation dataset is empty")
     sums, counts = reduce(totals).cpu().unbind(dim=1)
     return {name: (sums[i] / counts[i]).item() for i, name in enumerate(names)}

@@ -28,28 +28,36 @@ class Logger:
     runs (or syncs with the device) on every step.
     """
 
-    def __init__(self, log_dir: Path, config: LoggingConfig, *, total_iters: int, start_iteration: int) -> None:
+    def __init__(
+        self, log_dir: Path, config: LoggingConfig, *, total_iters: int, start_iteration: int, enabled: bool = True
+    ) -> None:
         self.log_dir = log_dir
+        self.enabled = enabled  # False on every torchrun rank but 0: nothing is printed or written
+        self._file = None
+        self._writer = None
+        self._bar = None
+        self._total = total_iters
+        self._last_time = time.perf_counter()
+        self._last_iteration = start_iteration
+        if not enabled:
+            return
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._file = open(log_dir / "train.log", "a", encoding="utf-8")  # resuming appends
-        self._writer = None
         if config.tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # heavy: imported only when used
 
             # purge_step drops events a killed run wrote after its last checkpoint, so a resumed
             # run's curves have no duplicate steps (TensorBoard honours it when reading).
             self._writer = SummaryWriter(str(log_dir), purge_step=start_iteration + 1 if start_iteration else None)
-        self._bar = None
         if config.progress and sys.stdout.isatty():
             from tqdm import tqdm
 
             self._bar = tqdm(total=total_iters, initial=start_iteration, unit="it", dynamic_ncols=True)
-        self._total = total_iters
-        self._last_time = time.perf_counter()
-        self._last_iteration = start_iteration
 
     def info(self, message: str) -> None:
         """One timestamped line to the console and train.log."""
+        if not self.enabled:
+            return
         line = f"{datetime.datetime.now():%Y-%m-%d %H:%M:%S} | {message}"
         if self._bar is not None:
             self._bar.write(line)
@@ -66,6 +74,8 @@ class Logger:
 
     def log_training(self, *, iteration: int, epoch: int, loss: float, lr: float) -> None:
         """The periodic training line: iteration, epoch, loss, lr, it/s and ETA."""
+        if not self.enabled:
+            return
         now = time.perf_counter()
         speed = (iteration - self._last_iteration) / max(now - self._last_time, 1e-9)
         eta = datetime.timedelta(seconds=round((self._total - iteration) / max(speed, 1e-9)))
@@ -86,7 +96,9 @@ class Logger:
         self.scalars({f"val/{name}": value for name, value in results.items()}, iteration)
 
     def save_text(self, filename: str, text: str) -> Path:
-        """Write a text file (the resolved config) into the log directory, atomically."""
+        """Write a text file (the resolved config) into the log directory, atomically (rank 0 only)."""
+        if not self.enabled:
+            return self.log_dir / filename
         path = self.log_dir / filename
         atomic_write_text(path, text)
         return path
@@ -103,4 +115,5 @@ class Logger:
             self._bar.close()
         if self._writer is not None:
             self._writer.close()
-        self._file.close()
+        if self._file is not None:
+            self._file.close()

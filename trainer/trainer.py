@@ -5,14 +5,16 @@ from __future__ import annotations
 import datetime
 import importlib
 import os
+import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from trainer import distributed
 from trainer.checkpoint import (
     KEY_BEST,
     KEY_CONFIG,
@@ -58,10 +60,12 @@ class Trainer:
     def __init__(self, config: Config) -> None:
         self.config = config
         import_plugins(config.imports)
-        self.device = resolve_device(config.device)
+        self.dist = distributed.from_environment(use_cuda=wants_cuda(config.device))
+        self.device = resolve_device(config.device, self.dist.local_rank)
         configure_backends(config.deterministic)
-        seed_everything(config.seed)
+        seed_everything(config.seed)  # the same initial weights on every rank
         self._build_components()
+        seed_everything(config.seed + self.dist.rank)  # each rank its own dropout stream
         self.checkpoints = CheckpointManager(
             config.checkpoint.dir, config.name, config.checkpoint.keep_last, background=config.checkpoint.async_
         )
@@ -78,13 +82,15 @@ class Trainer:
         # Everything that can reject an input file runs before anything is moved or written.
         resume_path, checkpoint = self._find_checkpoint()
         notes = self._resume(checkpoint, resume_path) if checkpoint else self._load_pretrained()
-        if checkpoint is None:
+        self.dist.barrier()  # every rank has read what it needs before rank 0 moves files
+        if checkpoint is None and self.dist.is_main:
             notes = self._archive_previous_run() + notes
         self.logger = Logger(
             Path(config.logging.dir) / config.name,
             config.logging,
             total_iters=config.train.total_iters,
             start_iteration=self.iteration,
+            enabled=self.dist.is_main,
         )
         for note in self._skipped_checkpoints + notes:
             self.logger.info(note)
@@ -99,6 +105,10 @@ class Trainer:
         """Model, loss, metrics, data loaders, optimizer and scheduler, from the config."""
         config = self.config
         self.model = build(MODELS, config.model, key="model").to(self.device)
+        if config.train.sync_bn and self.dist.enabled:
+            if self.device.type != "cuda":
+                raise InputError("config key train.sync_bn: SyncBatchNorm needs CUDA devices; set it to false on CPU")
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         if config.train.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.loss_fn = build(LOSSES, config.loss, key="loss")
@@ -116,9 +126,15 @@ class Trainer:
         self.optimizer = build(OPTIMIZERS, config.optimizer, self.model.parameters(), key="optimizer")
         self.scheduler = build(SCHEDULERS, config.scheduler, self.optimizer, key="scheduler") if config.scheduler else None
         self.ema = build_ema(self.model, config.train.ema)
-        # torch.compile wraps the same module: its parameters are the model's, and state dicts
-        # are always taken from the plain `self.model`, so no `_orig_mod.` reaches a file.
-        forward_model = torch.compile(self.model) if config.train.compile else self.model
+        # DDP and torch.compile wrap the same module: their parameters are the model's, and
+        # state dicts are always taken from the plain `self.model`, so no `module.` or
+        # `_orig_mod.` reaches a file.
+        forward_model = self.model
+        if self.dist.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            forward_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        if config.train.compile:
+            forward_model = torch.compile(forward_model)
         self.step = OptimizerStep(
             model=forward_model,
             raw_model=self.model,
@@ -137,6 +153,11 @@ class Trainer:
         dataset = build(DATASETS, spec, key=key)
         if len(dataset) == 0:
             raise InputError(f"config key {key}: the {spec.type} dataset is empty; point it at data")
+        if batch_size % self.dist.world_size:
+            raise InputError(
+                f"config key data.{'batch_size' if train else 'val_batch_size'}: {batch_size} does not split evenly "
+                f"across {self.dist.world_size} processes; use a multiple of {self.dist.world_size} (it is the global batch)"
+            )
         if train and batch_size > len(dataset):
             raise InputError(
                 f"config key data.batch_size: {batch_size} is larger than the training set ({len(dataset)} "
@@ -152,6 +173,8 @@ class Trainer:
             pin_memory=self.device.type == "cuda" if data.pin_memory is None else data.pin_memory,
             persistent_workers=data.persistent_workers,
             prefetch_factor=data.prefetch_factor,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
         )
 
     # -- state ------------------------------------------------------------------------------
@@ -163,7 +186,7 @@ class Trainer:
             KEY_EPOCH: self.epoch,
             "position": self.position,
             KEY_BEST: dict(self.best_metrics),
-            "rng": get_rng_state(),
+            "rng": self.dist.gather_objects(get_rng_state()),  # one entry per rank
             "scaler": self.step.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
         }
@@ -179,7 +202,15 @@ class Trainer:
             self.step.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
-        set_rng_state(state["rng"])
+        self._restore_rng(state["rng"])
+
+    def _restore_rng(self, states: list[dict]) -> None:
+        """This rank's RNG states; a rank the checkpoint did not have (more processes now than
+        when it was saved) gets a fresh stream seeded by (seed, rank, iteration)."""
+        if self.dist.rank < len(states):
+            set_rng_state(states[self.dist.rank])
+        else:
+            seed_everything(self.config.seed + self.dist.rank + 1_000_003 * self.iteration)
 
     @property
     def eval_model(self) -> nn.Module:
@@ -284,13 +315,23 @@ class Trainer:
                 self._train_step()
                 self.iteration += 1
                 saved = self._after_step()
-                if signals.received:
+                if self._stop_requested(signals):
                     if not saved:
                         self._save_iteration()
-                    self.logger.info(f"stopped by signal {signals.received} at iteration {self.iteration}; checkpoint saved")
-                    return 128 + signals.received
+                    received = signals.received or signal.SIGTERM  # a rank stopped by another rank
+                    self.logger.info(f"stopped by signal {received} at iteration {self.iteration}; checkpoint saved")
+                    return 128 + received
         self.logger.info(f"done: {self.config.name} at iteration {self.iteration}" + self._best_text())
         return 0
+
+    def _stop_requested(self, signals: StopSignals) -> bool:
+        """Whether to stop after this iteration. Under torchrun every rank must stop at the same
+        one, so the ranks agree at logging intervals (no extra collective on other steps)."""
+        if not self.dist.enabled:
+            return signals.received is not None
+        if self.iteration % self.config.logging.interval:
+            return False
+        return self.dist.any(signals.received is not None, self.device)
 
     def _next_batch(self) -> Any:
         """The next training batch; epochs roll over here and the position advances."""
@@ -340,7 +381,8 @@ class Trainer:
 
     def _log_training(self) -> None:
         """Read the loss summed on the device (the one sync per logging interval) and log it."""
-        loss = (self._loss_sum / max(self._loss_steps, 1)).item()
+        mean_loss = self.dist.all_reduce_sum(self._loss_sum / max(self._loss_steps, 1)) / self.dist.world_size
+        loss = mean_loss.item()
         self._loss_sum.zero_()
         self._loss_steps = 0
         lr = self.optimizer.param_groups[0]["lr"]
@@ -348,11 +390,11 @@ class Trainer:
 
     def _validate(self) -> None:
         """Compute every metric over the validation set; save best files on a new best."""
-        results = evaluate(self.eval_model, self.val_loader, self.metrics, self._move)
+        results = evaluate(self.eval_model, self.val_loader, self.metrics, self._move, self.dist.all_reduce_sum)
         metric = self.config.val.metric
         if self._is_better(results[metric]):
             self.best_metrics = {**results, "iteration": self.iteration}
-            self.checkpoints.save("best", self._checkpoint(), self._weights(self.eval_model), on_written=self.logger.archive_best)
+            self._save("best", on_written=self.logger.archive_best)
         self.logger.log_validation(iteration=self.iteration, results=results, best=self.best_metrics, metric=metric)
 
     def _is_better(self, value: float) -> bool:
@@ -376,7 +418,14 @@ class Trainer:
 
     def _save_iteration(self) -> None:
         """Write <name>_iter_<N>.pt and .pth (old ones are pruned once they are complete)."""
-        self.checkpoints.save(f"iter_{self.iteration}", self._checkpoint(), self._weights(self.eval_model))
+        self._save(f"iter_{self.iteration}")
+
+    def _save(self, tag: str, on_written: Callable[[Path], Any] | None = None) -> None:
+        """Every rank builds the checkpoint (the RNG states are gathered); rank 0 writes it."""
+        checkpoint = self._checkpoint()
+        if self.dist.is_main:
+            self.checkpoints.save(tag, checkpoint, self._weights(self.eval_model), on_written=on_written)
+        self.dist.barrier()
 
     def _best_text(self) -> str:
         """', best accuracy 0.98 @ iter 250' or ''."""
@@ -391,6 +440,7 @@ class Trainer:
             self.checkpoints.wait()
         finally:
             self.logger.close()
+            self.dist.close()
 
 
 def import_plugins(modules: list[str]) -> None:
@@ -407,11 +457,17 @@ def import_plugins(modules: list[str]) -> None:
     import trainer.metrics  # noqa: F401  (registers Kiln's metrics)
 
 
-def resolve_device(name: str) -> torch.device:
-    """auto -> cuda when available, else cpu; asking for CUDA without a GPU is an InputError."""
+def wants_cuda(name: str) -> bool:
+    """Whether the device setting means CUDA here (auto with a GPU, or cuda[:N])."""
+    return name.startswith("cuda") or (name == "auto" and torch.cuda.is_available())
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """auto -> cuda when available, else cpu; under torchrun `cuda` is this rank's GPU.
+    Asking for CUDA without a GPU is an InputError."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(f"cuda:{local_rank}" if name == "cuda" and torch.cuda.is_available() else name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise InputError(f"config key device: {name!r} was asked for but CUDA is not available here; set device: cpu or auto")

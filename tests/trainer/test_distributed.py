@@ -1,0 +1,153 @@
+"""Data parallelism under torchrun on CPU (gloo, 2 processes): same math, exact resume, failures."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import TRAIN_PY, assert_bitwise_equal, load_params, tiny_config, write_config
+from tests.helpers import train_in_process
+
+pytestmark = pytest.mark.slow
+
+
+def torchrun(workdir: Path, *args: str, nproc: int = 2, extra: tuple[str, ...] = (), timeout: float = 240):
+    """`torchrun --nproc_per_node=N train.py ARGS` in `workdir`."""
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *extra, str(TRAIN_PY), *args]
+    env = {**os.environ, "PYTHONPATH": str(workdir), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+# No dropout and no batch norm: two processes with half the batch each must do the same math.
+MLP_RUN = tiny_config(
+    name="mlp",
+    model={"type": "MLP", "hidden": 32},
+    train={"total_iters": 30, "val_interval": 15},
+    checkpoint={"interval": 15},
+)
+# Dropout and augmentation: per-rank RNG streams must be saved and restored for exact resume.
+CNN_RUN = tiny_config(train={"total_iters": 60, "val_interval": 30}, checkpoint={"interval": 25})
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(workdir):
+    config = write_config(workdir / "mlp.yaml", MLP_RUN)
+    result = torchrun(workdir, "-c", str(config))
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = load_params(workdir / "weights" / "mlp_iter_30.pth")
+    two_best = torch.load(workdir / "weights" / "mlp_iter_30.pt", weights_only=True)["best_metrics"]
+    single = workdir / "single"
+    single.mkdir()
+    os.chdir(single)
+    assert train_in_process(single, MLP_RUN) == 0
+    one = load_params(single / "weights" / "mlp_iter_30.pth")
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5)
+    one_best = torch.load(single / "weights" / "mlp_iter_30.pt", weights_only=True)["best_metrics"]
+    assert two_best["accuracy"] == pytest.approx(one_best["accuracy"], abs=1 / 359 + 1e-9)  # at most one sample flips
+
+
+def test_only_rank_zero_writes_logs_and_each_line_appears_once(workdir):
+    config = write_config(workdir / "mlp.yaml", MLP_RUN)
+    result = torchrun(workdir, "-c", str(config), "train.total_iters=10")
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (workdir / "experiments" / "mlp" / "train.log").read_text()
+    assert log.count("iter 5/10 |") == 1 and log.count("validation @ iter 10") == 1
+    assert len(list((workdir / "experiments" / "mlp").glob("events.out.tfevents.*"))) == 1
+    checkpoint = torch.load(workdir / "weights" / "mlp_iter_10.pt", weights_only=True)
+    assert len(checkpoint["rng"]) == 2  # every rank's RNG states
+    assert not [k for k in checkpoint["model"] if k.startswith("module.")]
+
+
+@pytest.fixture(scope="module")
+def two_process_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workdir = tmp_path_factory.mktemp("ddp_reference")
+    config = write_config(workdir / "cnn.yaml", CNN_RUN)
+    result = torchrun(workdir, "-c", str(config))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+def test_two_process_resume_mid_epoch_is_bitwise_equal(two_process_reference, workdir):
+    (workdir / "weights").mkdir()
+    shutil.copy(two_process_reference / "weights" / "tiny_iter_50.pt", workdir / "weights")
+    config = write_config(workdir / "cnn.yaml", CNN_RUN)
+    result = torchrun(workdir, "-c", str(config), "resume_path=weights/tiny_iter_50.pt")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_bitwise_equal(
+        load_params(workdir / "weights" / "tiny_iter_60.pth"), load_params(two_process_reference / "weights" / "tiny_iter_60.pth")
+    )
+
+
+def test_two_process_checkpoint_resumes_in_one_process_and_back(two_process_reference, workdir):
+    (workdir / "weights").mkdir()
+    shutil.copy(two_process_reference / "weights" / "tiny_iter_25.pt", workdir / "weights")
+    assert train_in_process(workdir, CNN_RUN, "resume_path=weights/tiny_iter_25.pt", "train.total_iters=50") == 0
+    single = torch.load(workdir / "weights" / "tiny_iter_50.pt", weights_only=True)
+    assert (single["iteration"], len(single["rng"])) == (50, 1)
+    config = write_config(workdir / "cnn.yaml", CNN_RUN)
+    result = torchrun(workdir, "-c", str(config), "resume_path=weights/tiny_iter_50.pt")
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = torch.load(workdir / "weights" / "tiny_iter_60.pt", weights_only=True)
+    assert (final["iteration"], len(final["rng"])) == (60, 2)
+
+
+FLAKY_MODEL = """
+import os
+from pathlib import Path
+from models.simple_cnn import SimpleCNN
+
+
+class FlakyCNN(SimpleCNN):
+    \"\"\"SimpleCNN whose rank-1 copy raises at its {at}th training forward ({when}).\"\"\"
+
+    calls = 0
+
+    def forward(self, images):
+        if self.training:
+            FlakyCNN.calls += 1
+            marker = Path("crashed_once")
+            if os.environ.get("RANK") == "1" and FlakyCNN.calls == {at} and {condition}:
+                marker.touch()
+                raise RuntimeError("rank 1 lost its GPU (injected fault)")
+        return super().forward(images)
+"""
+
+
+def _flaky_config(workdir: Path, at: int, condition: str) -> Path:
+    (workdir / "flaky.py").write_text(
+        FLAKY_MODEL.format(at=at, condition=condition, when="once" if "exists" in condition else "every time")
+    )
+    document = dict(CNN_RUN, model={"type": "flaky.FlakyCNN", "num_classes": 10, "width": 8})
+    return write_config(workdir / "cnn.yaml", document)
+
+
+def test_a_failing_rank_stops_the_whole_job_with_its_error(workdir):
+    config = _flaky_config(workdir, at=5, condition="True")
+    result = torchrun(workdir, "-c", str(config), timeout=180)
+    assert result.returncode != 0
+    assert "rank 1 lost its GPU (injected fault)" in result.stdout + result.stderr
+
+
+def test_elastic_restart_resumes_from_the_newest_checkpoint_and_matches(two_process_reference, workdir):
+    config = _flaky_config(workdir, at=40, condition="not marker.exists()")
+    result = torchrun(workdir, "-c", str(config), "resume_path=auto", extra=("--standalone", "--max-restarts=1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (workdir / "crashed_once").exists()
+    log = (workdir / "experiments" / "tiny" / "train.log").read_text()
+    assert "resumed from weights/tiny_iter_25.pt at iteration 25" in log
+    assert_bitwise_equal(
+        load_params(workdir / "weights" / "tiny_iter_60.pth"), load_params(two_process_reference / "weights" / "tiny_iter_60.pth")
+    )
+
+
+def test_global_batch_that_does_not_split_across_processes_exits_2(workdir):
+    config = write_config(workdir / "mlp.yaml", MLP_RUN)
+    result = torchrun(workdir, "-c", str(config), "data.batch_size=33", timeout=180)
+    assert result.returncode != 0
+    assert "config key data.batch_size: 33 does not split evenly across 2 processes; use a multiple of 2" in result.stderr
