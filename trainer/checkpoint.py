@@ -13,6 +13,7 @@ import pickle
 import re
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -278,6 +279,7 @@ class CheckpointManager:
             on_written(paths[1])
 
     def _write_in_background(self, *job: Any) -> None:
+        time.sleep(0)  # hand the GIL back at once, so save() returns right after Thread.start()
         try:
             self._write(*job)
         except TrainingError as error:

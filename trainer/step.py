@@ -11,6 +11,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from trainer.config import TrainConfig
+from trainer.numerics import NonFiniteGuard, check_skip_support, step_unless
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -27,8 +28,10 @@ class OptimizerStep:
 
     The loss of each micro-batch is divided by the number of micro-batches, so the gradient is
     that of their mean. Under DDP only the last micro-batch synchronises gradients. With
-    amp fp16 a GradScaler scales the loss; gradients are unscaled before clipping. Nothing
-    here reads a value back to the host (GradScaler itself checks for inf/NaN on fp16 steps).
+    amp fp16 a GradScaler scales the loss; gradients are unscaled before clipping. A
+    non-finite loss (or, with nan_policy skip, gradient) is recorded by the NonFiniteGuard on the
+    device. Nothing here reads a value back to the host (GradScaler itself checks for inf/NaN on
+    fp16 steps with non-fused optimizers).
     """
 
     def __init__(
@@ -40,6 +43,7 @@ class OptimizerStep:
         optimizer: torch.optim.Optimizer,
         scheduler: Any | None,
         ema: AveragedModel | None,
+        guard: NonFiniteGuard,
         config: TrainConfig,
         device: torch.device,
     ) -> None:
@@ -49,12 +53,16 @@ class OptimizerStep:
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.ema = ema
+        self.guard = guard
+        self.skip_bad_steps = config.nan_policy == "skip"
         self.accumulate = config.accumulate
         self.grad_clip = config.grad_clip
         self.device_type = device.type
         self.amp_dtype = AMP_DTYPES[config.amp]
         self.scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
         self._parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        if self.skip_bad_steps:
+            check_skip_support(optimizer, config.amp)
 
     def __call__(self, micro_batches: Iterable[tuple[Any, Any]]) -> torch.Tensor:
         """Train on `accumulate` (inputs, targets) micro-batches; return their mean loss (on device)."""
@@ -67,11 +75,20 @@ class OptimizerStep:
                     loss = loss / self.accumulate
             self.scaler.scale(loss).backward()
             total = loss.detach() if total is None else total + loss.detach()
+        grad_norm = None
         if self.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self._parameters, self.grad_clip)
-        self.scaler.step(self.optimizer)
+            grad_norm = nn.utils.clip_grad_norm_(self._parameters, self.grad_clip)
+        bad = ~torch.isfinite(total)
+        if self.skip_bad_steps:
+            if grad_norm is None:
+                grad_norm = nn.utils.get_total_norm([p.grad for p in self._parameters if p.grad is not None])
+            bad = bad | ~torch.isfinite(grad_norm)
+            step_unless(self.optimizer, bad)
+        else:
+            self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.guard.observe(bad)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scheduler is not None:
             self.scheduler.step()

@@ -32,6 +32,7 @@ from trainer.config import Component, Config, dump_config
 from trainer.errors import InputError, TrainingError
 from trainer.evaluation import evaluate
 from trainer.logger import Logger, archive_log_dir
+from trainer.numerics import FIXES, NonFiniteGuard, weights_are_finite
 from trainer.registry import DATASETS, LOSSES, METRICS, MODELS, OPTIMIZERS, SCHEDULERS, build
 from trainer.signals import StopSignals
 from trainer.step import OptimizerStep, build_ema
@@ -59,6 +60,7 @@ class Trainer:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        check_output_dirs(config)
         import_plugins(config.imports)
         self.dist = distributed.from_environment(use_cuda=wants_cuda(config.device))
         self.device = resolve_device(config.device, self.dist.local_rank)
@@ -126,6 +128,7 @@ class Trainer:
         self.optimizer = build(OPTIMIZERS, config.optimizer, self.model.parameters(), key="optimizer")
         self.scheduler = build(SCHEDULERS, config.scheduler, self.optimizer, key="scheduler") if config.scheduler else None
         self.ema = build_ema(self.model, config.train.ema)
+        self.guard = NonFiniteGuard(config.train.nan_policy, config.train.max_skipped, self.device)
         # DDP and torch.compile wrap the same module: their parameters are the model's, and
         # state dicts are always taken from the plain `self.model`, so no `module.` or
         # `_orig_mod.` reaches a file.
@@ -142,6 +145,7 @@ class Trainer:
             optimizer=self.optimizer,
             scheduler=self.scheduler,
             ema=self.ema,
+            guard=self.guard,
             config=config.train,
             device=self.device,
         )
@@ -198,6 +202,7 @@ class Trainer:
         self.position = state["position"]
         self.best_metrics = dict(state[KEY_BEST])
         self._batches = None
+        self.guard.start_at(self.iteration)
         if state.get("scaler"):
             self.step.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state.get("ema") is not None:
@@ -367,17 +372,38 @@ class Trainer:
         self._loss_steps += 1
 
     def _after_step(self) -> bool:
-        """Log, validate and save as the schedule says; return whether a checkpoint was saved."""
+        """Log, validate and save as the schedule says; return whether a checkpoint was saved.
+
+        Each of these reads values back from the device anyway, so the non-finite check
+        happens there: before anything is logged as fine or written.
+        """
         config, iteration = self.config, self.iteration
         total = config.train.total_iters
-        if iteration % config.logging.interval == 0 or iteration == total:
+        due_log = iteration % config.logging.interval == 0 or iteration == total
+        due_val = self.val_loader is not None and (iteration % config.train.val_interval == 0 or iteration == total)
+        due_save = self.checkpoints.should_save(iteration, config.checkpoint.interval, total)
+        if due_log or due_val or due_save:
+            self._check_numerics(weights_too=due_save or due_val)
+        if due_log:
             self._log_training()
-        if self.val_loader is not None and (iteration % config.train.val_interval == 0 or iteration == total):
+        if due_val:
             self._validate()  # before the save, so the .pt holds the updated best
-        if self.checkpoints.should_save(iteration, config.checkpoint.interval, total):
+        if due_save:
             self._save_iteration()
-            return True
-        return False
+        return due_save
+
+    def _check_numerics(self, weights_too: bool) -> None:
+        """Stop before logging or saving anything non-finite (train.nan_policy); note skipped steps."""
+        note = self.guard.check()
+        if note:
+            self.logger.info(f"iteration {self.iteration}: {note}")
+        if weights_too and not self.dist.any(not weights_are_finite(self.model), self.device):
+            return
+        if weights_too:
+            raise TrainingError(
+                f"the weights became non-finite by iteration {self.iteration}; nothing from this iteration was "
+                f"saved and earlier checkpoints are intact: {FIXES}, then resume"
+            )
 
     def _log_training(self) -> None:
         """Read the loss summed on the device (the one sync per logging interval) and log it."""
@@ -462,6 +488,16 @@ def wants_cuda(name: str) -> bool:
     return name.startswith("cuda") or (name == "auto" and torch.cuda.is_available())
 
 
+def check_output_dirs(config: Config) -> None:
+    """checkpoint.dir and logging.dir must be creatable and writable, checked without creating them."""
+    for key, directory in (("checkpoint.dir", config.checkpoint.dir), ("logging.dir", config.logging.dir)):
+        path = Path(directory).absolute()
+        existing = next(parent for parent in (path, *path.parents) if parent.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            problem = "is a file, not a directory" if not existing.is_dir() else "is not writable"
+            raise InputError(f"config key {key}: {directory} cannot be written because {existing} {problem}; point it elsewhere")
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """auto -> cuda when available, else cpu; under torchrun `cuda` is this rank's GPU.
     Asking for CUDA without a GPU is an InputError."""
@@ -478,7 +514,9 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 def configure_backends(deterministic: bool) -> None:
     """deterministic: PyTorch's deterministic algorithms; otherwise let cuDNN pick the fastest."""
-    torch.use_deterministic_algorithms(deterministic)
+    # Only when it changes something: the call imports torch._inductor (seconds of start-up).
+    if deterministic or torch.are_deterministic_algorithms_enabled():
+        torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic
 
