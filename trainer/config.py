@@ -230,6 +230,9 @@ class ValConfig:
     """The metric that decides "best"; one of the names in `metrics`."""
     mode: Literal["max", "min"] = "max"
     """Whether a larger (max) or smaller (min) value is better."""
+    reporters: list[Component] = field(default_factory=list)
+    """What a task adds to each validation (a baseline figure, image previews): registered
+    reporters (trainer.reporters) or dotted paths, each with reset/update/summary."""
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 MetricFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class Reporter(Protocol):
+    """What a task adds to validation (`val.reporters`): a baseline figure, image previews."""
+
+    def reset(self) -> None:
+        """Forget the previous validation."""
+
+    def update(self, inputs: Any, output: torch.Tensor, targets: Any) -> None:
+        """See one validation batch (on the device; keep sums there, no host syncs)."""
+
+    def summary(self, reduce: Callable[[torch.Tensor], torch.Tensor]) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        """({name: scalar} shown beside the metrics, {tag: (N, C, H, W) images in [0, 1]} for
+        TensorBoard); `reduce` sums a tensor over torchrun processes."""
 
 
 @torch.no_grad()
@@ -17,13 +32,17 @@ def evaluate(
     metrics: dict[str, MetricFn],
     move: Callable,
     reduce: Callable[[torch.Tensor], torch.Tensor] = lambda totals: totals,
+    reporters: Sequence[Reporter] = (),
 ) -> dict[str, float]:
     """Run `model` in eval mode over `batches`; return {metric name: value} over all samples.
 
     Sums and counts stay on the device and are read once at the end (one host sync per
     validation). `move` puts a batch on the model's device; `reduce` sums the (metrics, 2)
-    totals across processes under torchrun.
+    totals across processes under torchrun. Each reporter sees every batch; the caller asks
+    for their summaries afterwards.
     """
+    for reporter in reporters:
+        reporter.reset()
     was_training = model.training
     model.eval()
     names = list(metrics)
@@ -33,6 +52,8 @@ def evaluate(
     for batch in batches:
         inputs, targets = move(batch)
         output = model(inputs)
+        for reporter in reporters:
+            reporter.update(inputs, output, targets)
         totals += torch.stack([torch.stack(metrics[name](output, targets)).to(torch.float64) for name in names])
     model.train(was_training)
     sums, counts = reduce(totals).cpu().unbind(dim=1)

@@ -88,12 +88,28 @@ class Logger:
             self._bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
         self._last_time, self._last_iteration = now, iteration
 
-    def log_validation(self, *, iteration: int, results: dict[str, float], best: dict[str, float], metric: str) -> None:
-        """The validation line with every metric and the best so far."""
+    def log_validation(
+        self,
+        *,
+        iteration: int,
+        results: dict[str, float],
+        best: dict[str, float],
+        metric: str,
+        extras: dict[str, float] | None = None,
+    ) -> None:
+        """The validation line with every metric, the reporters' figures and the best so far."""
+        extras = extras or {}
         shown = ", ".join(f"{name} {value:.4f}" for name, value in results.items())
+        shown += "".join(f" | {name} {value:.4f}" for name, value in extras.items())
         best_text = f"best {metric} {best[metric]:.4f} @ iter {int(best['iteration'])}" if best else "no best yet"
         self.info(f"validation @ iter {iteration}: {shown} | {best_text}")
-        self.scalars({f"val/{name}": value for name, value in results.items()}, iteration)
+        self.scalars({f"val/{name}": value for name, value in {**results, **extras}.items()}, iteration)
+
+    def images(self, images: dict, step: int) -> None:
+        """TensorBoard image grids {tag: (N, C, H, W) tensor in [0, 1]} at `step`."""
+        if self._writer is not None:
+            for tag, batch in images.items():
+                self._writer.add_images(tag, batch.detach().float().clamp(0, 1).cpu(), step)
 
     def save_text(self, filename: str, text: str) -> Path:
         """Write a text file (the resolved config) into the log directory, atomically (rank 0 only)."""

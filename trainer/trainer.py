@@ -33,7 +33,7 @@ from trainer.errors import InputError, TrainingError
 from trainer.evaluation import evaluate
 from trainer.logger import Logger, archive_log_dir
 from trainer.numerics import FIXES, NonFiniteGuard, weights_are_finite
-from trainer.registry import DATASETS, LOSSES, METRICS, MODELS, OPTIMIZERS, SCHEDULERS, build
+from trainer.registry import DATASETS, LOSSES, METRICS, MODELS, OPTIMIZERS, REPORTERS, SCHEDULERS, build
 from trainer.signals import StopSignals
 from trainer.step import OptimizerStep, build_ema
 from utils.seed import get_rng_state, seed_everything, set_rng_state
@@ -120,6 +120,7 @@ class Trainer:
             spec.name: build(METRICS, Component(spec.type, spec.kwargs), key=f"metrics[{index}]")
             for index, spec in enumerate(config.metrics)
         }
+        self.reporters = [build(REPORTERS, spec, key=f"val.reporters[{i}]") for i, spec in enumerate(config.val.reporters)]
         self.train_loader = self._build_loader(config.data.train, "data.train", config.data.batch_size, train=True)
         self.val_loader = None
         if config.data.val is not None:
@@ -416,12 +417,20 @@ class Trainer:
 
     def _validate(self) -> None:
         """Compute every metric over the validation set; save best files on a new best."""
-        results = evaluate(self.eval_model, self.val_loader, self.metrics, self._move, self.dist.all_reduce_sum)
+        reduce = self.dist.all_reduce_sum
+        results = evaluate(self.eval_model, self.val_loader, self.metrics, self._move, reduce, self.reporters)
+        extras: dict[str, float] = {}
+        for reporter in self.reporters:
+            scalars, images = reporter.summary(reduce)
+            extras.update(scalars)
+            self.logger.images(images, self.iteration)
         metric = self.config.val.metric
         if self._is_better(results[metric]):
             self.best_metrics = {**results, "iteration": self.iteration}
             self._save("best", on_written=self.logger.archive_best)
-        self.logger.log_validation(iteration=self.iteration, results=results, best=self.best_metrics, metric=metric)
+        self.logger.log_validation(
+            iteration=self.iteration, results=results, extras=extras, best=self.best_metrics, metric=metric
+        )
 
     def _is_better(self, value: float) -> bool:
         """Whether `value` of val.metric beats the best so far (NaN never does)."""

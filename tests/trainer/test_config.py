@@ -502,7 +502,7 @@ def test_unknown_key_in_a_deeper_section_names_its_section():
 
 def test_unknown_key_without_a_close_match_lists_the_known_keys():
     message = config_error(with_value(tiny_config(), "val.zzzzzz", 1))
-    assert message == "config key val.zzzzzz is unknown; known keys here: metric, mode"
+    assert message == "config key val.zzzzzz is unknown; known keys here: metric, mode, reporters"
 
 
 def test_checkpoint_async_is_known_under_its_yaml_name_only():
