@@ -490,6 +490,7 @@ def import_plugins(modules: list[str]) -> None:
     import data  # noqa: F401  (registers Kiln's datasets)
     import models  # noqa: F401  (registers Kiln's models)
     import trainer.metrics  # noqa: F401  (registers Kiln's metrics)
+    import trainer.reporters  # noqa: F401  (registers Kiln's validation reporters)
 
 
 def wants_cuda(name: str) -> bool:
