@@ -65,8 +65,8 @@ def make_state(optimizer: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]
     optim.zero_grad(set_to_none=True)
     checkpoint = make_checkpoint(
         model_state=model.state_dict(),
-        optimizer=optim,
-        scheduler=None,
+        optimizer_state=optim.state_dict(),
+        scheduler_state=None,
         trainer_state=dict(TRAINER_STATE),
         config={"name": NAME, "optimizer": {"type": optimizer.split()[0]}},
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
@@ -33,6 +34,8 @@ class BatchFetcher(Dataset):
     def __getitem__(self, request: tuple[int, torch.Tensor]):
         """The batch for `request` = (epoch, sample indices)."""
         epoch, indices = request
+        if len(indices) == 0:  # a rank's empty share of the last validation batch
+            return _empty_like(self[(epoch, torch.zeros(1, dtype=torch.int64))])
         get_batch = getattr(self.dataset, "get_batch", None)
         if get_batch is not None:
             return get_batch(indices, lambda: sample_seeds(self.seed, epoch, indices))
@@ -45,6 +48,17 @@ class BatchFetcher(Dataset):
                 seed_sample(seed)
                 samples.append(self.dataset[index])
         return default_collate(samples)
+
+
+def _empty_like(batch: Any) -> Any:
+    """The same structure with every tensor cut to zero rows."""
+    if isinstance(batch, torch.Tensor):
+        return batch[:0]
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_empty_like(item) for item in batch)
+    if isinstance(batch, dict):
+        return {key: _empty_like(value) for key, value in batch.items()}
+    return batch
 
 
 class InProcessLoader:

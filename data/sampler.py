@@ -65,7 +65,9 @@ class ResumableBatchSampler(Sampler):
             # tensor_split gives equal contiguous slices when the batch divides evenly, and
             # never repeats a sample to fill a short last batch (validation counts each once).
             local = torch.tensor_split(global_batch, self.world_size)[self.rank]
-            if len(local):
+            # An empty share still yields (a zero-size batch) so that every rank runs the same
+            # number of forwards: FSDP gathers parameters inside each one.
+            if len(local) or self.world_size > 1:
                 yield epoch, local
 
     def __len__(self) -> int:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainer.distributed import load_model_state_dict
 from trainer.errors import InputError, TrainingError
 from utils.io import atomic_torch_save, unused_path
 
@@ -48,8 +49,8 @@ _COMPILED_INFIX = re.compile(r"(?<=\.)_orig_mod\.")
 def make_checkpoint(
     *,
     model_state: dict[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any | None,
+    optimizer_state: dict[str, Any],
+    scheduler_state: dict[str, Any] | None,
     trainer_state: dict[str, Any],
     config: dict[str, Any],
 ) -> dict[str, Any]:
@@ -57,7 +58,7 @@ def make_checkpoint(
 
     format_version  int, FORMAT_VERSION
     model           the model's state dict, keys free of `module.`/`_orig_mod.`
-    optimizer       optimizer.state_dict()
+    optimizer       optimizer.state_dict() (under FSDP: the whole state keyed by parameter name)
     scheduler       scheduler.state_dict(), or None without a scheduler
     config          the resolved config as a plain dict
     iteration       optimizer steps completed            } from Trainer.state_dict(),
@@ -68,8 +69,8 @@ def make_checkpoint(
     return {
         KEY_FORMAT: FORMAT_VERSION,
         KEY_MODEL: model_state,
-        KEY_OPTIMIZER: optimizer.state_dict(),
-        KEY_SCHEDULER: scheduler.state_dict() if scheduler is not None else None,
+        KEY_OPTIMIZER: optimizer_state,
+        KEY_SCHEDULER: scheduler_state,
         KEY_CONFIG: config,
         **trainer_state,
     }
@@ -187,7 +188,7 @@ def load_model_state(
     if report and strict:
         raise InputError(f"{source} does not match the model ({report.describe()}); {fix}")
     matching = {key: value for key, value in state.items() if key in own and value.shape == own[key].shape}
-    model.load_state_dict(matching, strict=False)
+    load_model_state_dict(model, matching)
     return report
 
 

@@ -35,7 +35,7 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
     list("-+0123456789."),
 )
 
@@ -49,6 +49,11 @@ def parse_yaml(text: str, source: str) -> Any:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise InputError(f"{source}: not valid YAML{where}: {problem}; fix the syntax there") from None
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, RecursionError) as error:
+        # PyYAML's constructors raise these for values such as `2024-13-01` or `!!int abc`.
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        value = f" {text.strip()!r}" if len(text) <= 80 else ""  # an override's value is short: show it
+        raise InputError(f"{source}: the value{value} cannot be read ({reason}); quote it if it is meant as a string") from None
 
 
 def _read_mapping(path: Path) -> dict:
@@ -99,7 +104,11 @@ def _load_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     if not isinstance(base, str):
         raise InputError(f"config key base in {path}: got {base!r}, expected a path to another YAML file")
     base_path = path.parent / base
-    if not base_path.is_file():
+    try:
+        found = base_path.is_file()
+    except OSError as error:  # e.g. a name too long for the filesystem
+        raise InputError(f"config key base in {path}: {base!r} is not a usable path ({error.strerror})") from None
+    if not found:
         raise InputError(f"config key base in {path}: {base_path} does not exist; the path is relative to {path}")
     return merge(_load_with_bases(base_path, (*chain, resolved)), document)
 
@@ -114,7 +123,8 @@ def apply_override(document: dict, override: str) -> dict:
         raise InputError(f"override {override!r}: {key!r} is not a dotted key path such as optimizer.lr")
     if parts[0] == "base":
         raise InputError(f"override {override!r}: base cannot be overridden; write a child config with `base:` instead")
-    value = parse_yaml(text, f"override {key}") if text.strip() else ""
+    shown = key if key.isprintable() else repr(key)  # a line break in a key must not split the message
+    value = parse_yaml(text, f"override {shown}") if text.strip() else ""
     node = document
     for depth, part in enumerate(parts[:-1]):
         node = node.get(part)
@@ -273,7 +283,7 @@ class Config:
     """One experiment, validated. Build it with `load_config`; it is never mutated afterwards."""
 
     name: str = field(
-        metadata=_check(NAME_PATTERN.match, "letters, digits, '_', '.' or '-', not starting with '.' (it names files)")
+        metadata=_check(NAME_PATTERN.fullmatch, "letters, digits, '_', '.' or '-', not starting with '.' (it names files)")
     )
     """Names every output file."""
     model: Component
@@ -290,7 +300,7 @@ class Config:
     """Modules imported before building (user plugins that register things)."""
     seed: int = 0
     """Seeds python, numpy and torch; the data order and augmentation derive from it."""
-    device: str = field(default="auto", metadata=_check(DEVICE_PATTERN.match, "auto, cpu, cuda or cuda:N"))
+    device: str = field(default="auto", metadata=_check(DEVICE_PATTERN.fullmatch, "auto, cpu, cuda or cuda:N"))
     """auto | cpu | cuda | cuda:N."""
     deterministic: bool = False
     """torch.use_deterministic_algorithms + cuDNN settings."""
@@ -339,7 +349,7 @@ def _check_revise_pair(pair: list, path: str) -> None:
         raise InputError(f"config key {path}: got {pair!r}, expected a pair [regex, replacement] such as ['^net\\.', '']")
     try:
         re.compile(pair[0])
-    except re.error as error:
+    except (re.error, OverflowError, RecursionError) as error:
         raise InputError(f"config key {path}: {pair[0]!r} is not a valid regular expression ({error})") from None
 
 
@@ -489,6 +499,7 @@ def _to_dataclass(cls: type, document: dict, prefix: str) -> Any:
 
 def _unknown_key(key: Any, known: list[str], prefix: str) -> InputError:
     """The unknown-key error, with the nearest known key when there is one."""
+    key = key if isinstance(key, str) and key.isprintable() else repr(key)  # one line, always
     path = f"{prefix}.{key}" if prefix else str(key)
     close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
     hint = f"did you mean {prefix + '.' if prefix else ''}{close[0]}?" if close else f"known keys here: {', '.join(known)}"

@@ -91,3 +91,72 @@ def from_environment(use_cuda: bool) -> Distributed:
             timeout=DEFAULT_TIMEOUT,
         )
     return Distributed(rank=rank, local_rank=local_rank, world_size=world_size)
+
+
+# -- FSDP2: sharding and full (unsharded) state dicts ---------------------------------------------
+
+
+def shard_model(model: torch.nn.Module) -> None:
+    """Shard `model` in place with FSDP2: every direct child that holds parameters, then the root.
+
+    Sharding children separately lets FSDP free one child's gathered parameters before the next
+    is gathered; the root call covers the parameters that sit directly on the model.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    for child in model.children():
+        if any(True for _ in child.parameters()):
+            fully_shard(child)
+    fully_shard(model)
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether `model` was sharded by FSDP2."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def _full_options(**extra: Any):
+    """torch.distributed.checkpoint options for whole, host-side state dicts."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True, **extra)
+
+
+def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's whole state dict: gathered on rank 0 under FSDP (every rank must call this)."""
+    if not is_sharded(model):
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_full_options())
+
+
+def load_model_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a whole state dict (the keys already checked); FSDP shards it onto every rank."""
+    if not is_sharded(model):
+        model.load_state_dict(state, strict=False)
+        return
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    set_model_state_dict(model, state, options=_full_options(strict=False))
+
+
+def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """optimizer.state_dict(), or under FSDP the whole one keyed by parameter name (rank 0)."""
+    if not is_sharded(model):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=_full_options())
+
+
+def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """The inverse of `optimizer_state`."""
+    if not is_sharded(model):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=_full_options())

@@ -66,7 +66,9 @@ class NonFiniteGuard:
 
 def weights_are_finite(model: nn.Module) -> bool:
     """Whether every parameter and buffer of `model` is finite (one sync; used before saving)."""
-    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    # Under FSDP each rank checks its own shard (DTensor.to_local); the trainer combines ranks.
+    tensors = [getattr(t, "to_local", lambda t=t: t)() for t in (*model.parameters(), *model.buffers())]
+    tensors = [t for t in tensors if t.is_floating_point() and t.numel()]
     return bool(torch.stack([t.isfinite().all() for t in tensors]).all()) if tensors else True
 
 

@@ -113,6 +113,11 @@ class Trainer:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         if config.train.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        self.sharded = config.train.strategy == "fsdp" and self.dist.enabled
+        if self.sharded:
+            if config.train.ema is not None:
+                raise InputError("config key train.ema: EMA is not supported with strategy fsdp yet; use ddp or drop ema")
+            distributed.shard_model(self.model)  # before the optimizer: it must see the sharded parameters
         self.loss_fn = build(LOSSES, config.loss, key="loss")
         if isinstance(self.loss_fn, nn.Module):
             self.loss_fn.to(self.device)
@@ -134,7 +139,7 @@ class Trainer:
         # state dicts are always taken from the plain `self.model`, so no `module.` or
         # `_orig_mod.` reaches a file.
         forward_model = self.model
-        if self.dist.enabled:
+        if self.dist.enabled and not self.sharded:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             forward_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         if config.train.compile:
@@ -224,8 +229,8 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     def _weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """`model`'s state dict with clean keys (the CheckpointManager copies it to the host)."""
-        return clean_state_dict(model.state_dict())
+        """`model`'s whole state dict with clean keys (under FSDP gathered: every rank calls it)."""
+        return clean_state_dict(distributed.model_state(model))
 
     # -- resume, pretrain, archive ----------------------------------------------------------
 
@@ -260,7 +265,9 @@ class Trainer:
                 "weights with pretrain_path"
             )
         try:
-            self.optimizer.load_state_dict(checkpoint[KEY_OPTIMIZER])
+            if _keyed_by_name(checkpoint[KEY_OPTIMIZER]) != self.sharded:
+                raise ValueError("it was saved with another train.strategy (fsdp keys the state by name)")
+            distributed.load_optimizer_state(self.model, self.optimizer, checkpoint[KEY_OPTIMIZER])
             if self.scheduler is not None and checkpoint[KEY_SCHEDULER] is not None:
                 self.scheduler.load_state_dict(checkpoint[KEY_SCHEDULER])
         except (ValueError, KeyError) as error:
@@ -445,8 +452,8 @@ class Trainer:
         """The full checkpoint of the current state (see make_checkpoint for the layout)."""
         return make_checkpoint(
             model_state=self._weights(self.model),
-            optimizer=self.optimizer,
-            scheduler=self.scheduler,
+            optimizer_state=distributed.optimizer_state(self.model, self.optimizer),
+            scheduler_state=self.scheduler.state_dict() if self.scheduler is not None else None,
             trainer_state=self.state_dict(),
             config=self.config.to_dict(),
         )
@@ -458,8 +465,9 @@ class Trainer:
     def _save(self, tag: str, on_written: Callable[[Path], Any] | None = None) -> None:
         """Every rank builds the checkpoint (the RNG states are gathered); rank 0 writes it."""
         checkpoint = self._checkpoint()
+        weights = checkpoint[KEY_MODEL] if self.eval_model is self.model else self._weights(self.eval_model)
         if self.dist.is_main:
-            self.checkpoints.save(tag, checkpoint, self._weights(self.eval_model), on_written=on_written)
+            self.checkpoints.save(tag, checkpoint, weights, on_written=on_written)
         self.dist.barrier()
 
     def _best_text(self) -> str:
@@ -496,6 +504,12 @@ def import_plugins(modules: list[str]) -> None:
 def wants_cuda(name: str) -> bool:
     """Whether the device setting means CUDA here (auto with a GPU, or cuda[:N])."""
     return name.startswith("cuda") or (name == "auto" and torch.cuda.is_available())
+
+
+def _keyed_by_name(optimizer_state: dict) -> bool:
+    """Whether an optimizer state dict names parameters (FSDP's whole state) rather than numbering them."""
+    groups = optimizer_state.get("param_groups") or [{}]
+    return any(isinstance(param, str) for param in groups[0].get("params", []))
 
 
 def check_output_dirs(config: Config) -> None:
