@@ -151,3 +151,35 @@ def test_global_batch_that_does_not_split_across_processes_exits_2(workdir):
     result = torchrun(workdir, "-c", str(config), "data.batch_size=33", timeout=180)
     assert result.returncode != 0
     assert "config key data.batch_size: 33 does not split evenly across 2 processes; use a multiple of 2" in result.stderr
+
+
+# -- FSDP2 ------------------------------------------------------------------------------------------
+
+
+def test_fsdp_matches_one_process_and_writes_whole_clean_weights(workdir):
+    config = write_config(workdir / "mlp.yaml", MLP_RUN)
+    result = torchrun(workdir, "-c", str(config), "train.strategy=fsdp")
+    assert result.returncode == 0, result.stderr[-3000:]
+    sharded = load_params(workdir / "weights" / "mlp_iter_30.pth")
+    single = workdir / "single"
+    single.mkdir()
+    os.chdir(single)
+    assert train_in_process(single, MLP_RUN) == 0
+    one = load_params(single / "weights" / "mlp_iter_30.pth")
+    assert sharded.keys() == one.keys()  # whole tensors, plain names: loadable without FSDP
+    for key in one:
+        assert sharded[key].shape == one[key].shape
+        torch.testing.assert_close(sharded[key], one[key], rtol=1e-4, atol=1e-5)
+
+
+def test_fsdp_resume_mid_epoch_is_bitwise_equal_and_other_strategies_are_refused(workdir):
+    config = write_config(workdir / "cnn.yaml", CNN_RUN)
+    reference = torchrun(workdir, "-c", str(config), "train.strategy=fsdp")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    expected = load_params(workdir / "weights" / "tiny_iter_60.pth")
+    resumed = torchrun(workdir, "-c", str(config), "train.strategy=fsdp", "resume_path=weights/tiny_iter_50.pt")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_bitwise_equal(load_params(workdir / "weights" / "tiny_iter_60.pth"), expected)
+    ddp = torchrun(workdir, "-c", str(config), "resume_path=weights/tiny_iter_50.pt", timeout=180)
+    assert ddp.returncode != 0
+    assert "saved with another train.strategy" in ddp.stderr
