@@ -539,3 +539,16 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 def dump_config(config: Config) -> str:
     """The resolved config as YAML text (reads back with load_config to the same Config)."""
     return yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None, width=100)
+
+
+def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """'key: old -> new' for every leaf that differs between two plain config dicts."""
+    changes = []
+    for key in sorted(set(old) | set(new), key=str):
+        path = f"{prefix}{key}"
+        before, after = old.get(key), new.get(key)
+        if isinstance(before, dict) and isinstance(after, dict):
+            changes += config_changes(before, after, f"{path}.")
+        elif before != after:
+            changes.append(f"{path}: {before!r} -> {after!r}")
+    return changes

@@ -160,3 +160,9 @@ def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimize
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
     set_optimizer_state_dict(model, optimizer, state, options=_full_options())
+
+
+def keyed_by_name(optimizer_state: dict) -> bool:
+    """Whether an optimizer state dict names parameters (FSDP's whole state) rather than numbering them."""
+    groups = optimizer_state.get("param_groups") or [{}]
+    return any(isinstance(param, str) for param in groups[0].get("params", []))

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import datetime
-import importlib
-import os
 import signal
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +25,8 @@ from trainer.checkpoint import (
     load_model_state,
     make_checkpoint,
 )
-from trainer.config import Component, Config, dump_config
+from trainer.config import Component, Config, config_changes, dump_config
+from trainer.environment import check_output_dirs, configure_backends, import_plugins, resolve_device, wants_cuda
 from trainer.errors import InputError, TrainingError
 from trainer.evaluation import evaluate
 from trainer.logger import Logger, archive_log_dir
@@ -265,7 +263,7 @@ class Trainer:
                 "weights with pretrain_path"
             )
         try:
-            if _keyed_by_name(checkpoint[KEY_OPTIMIZER]) != self.sharded:
+            if distributed.keyed_by_name(checkpoint[KEY_OPTIMIZER]) != self.sharded:
                 raise ValueError("it was saved with another train.strategy (fsdp keys the state by name)")
             distributed.load_optimizer_state(self.model, self.optimizer, checkpoint[KEY_OPTIMIZER])
             if self.scheduler is not None and checkpoint[KEY_SCHEDULER] is not None:
@@ -484,75 +482,3 @@ class Trainer:
         finally:
             self.logger.close()
             self.dist.close()
-
-
-def import_plugins(modules: list[str]) -> None:
-    """Import the config's `imports:` (user modules that register components)."""
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # user modules beside the config's working directory
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except ImportError as error:
-            raise InputError(f"config key imports: cannot import {name!r} ({error}); check the module name") from None
-    import data  # noqa: F401  (registers Kiln's datasets)
-    import models  # noqa: F401  (registers Kiln's models)
-    import trainer.metrics  # noqa: F401  (registers Kiln's metrics)
-    import trainer.reporters  # noqa: F401  (registers Kiln's validation reporters)
-
-
-def wants_cuda(name: str) -> bool:
-    """Whether the device setting means CUDA here (auto with a GPU, or cuda[:N])."""
-    return name.startswith("cuda") or (name == "auto" and torch.cuda.is_available())
-
-
-def _keyed_by_name(optimizer_state: dict) -> bool:
-    """Whether an optimizer state dict names parameters (FSDP's whole state) rather than numbering them."""
-    groups = optimizer_state.get("param_groups") or [{}]
-    return any(isinstance(param, str) for param in groups[0].get("params", []))
-
-
-def check_output_dirs(config: Config) -> None:
-    """checkpoint.dir and logging.dir must be creatable and writable, checked without creating them."""
-    for key, directory in (("checkpoint.dir", config.checkpoint.dir), ("logging.dir", config.logging.dir)):
-        path = Path(directory).absolute()
-        existing = next(parent for parent in (path, *path.parents) if parent.exists())
-        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-            problem = "is a file, not a directory" if not existing.is_dir() else "is not writable"
-            raise InputError(f"config key {key}: {directory} cannot be written because {existing} {problem}; point it elsewhere")
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """auto -> cuda when available, else cpu; under torchrun `cuda` is this rank's GPU.
-    Asking for CUDA without a GPU is an InputError."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(f"cuda:{local_rank}" if name == "cuda" and torch.cuda.is_available() else name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"config key device: {name!r} was asked for but CUDA is not available here; set device: cpu or auto")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise InputError(f"config key device: {name!r} does not exist ({torch.cuda.device_count()} GPUs); pick a lower index")
-    return device
-
-
-def configure_backends(deterministic: bool) -> None:
-    """deterministic: PyTorch's deterministic algorithms; otherwise let cuDNN pick the fastest."""
-    # Only when it changes something: the call imports torch._inductor (seconds of start-up).
-    if deterministic or torch.are_deterministic_algorithms_enabled():
-        torch.use_deterministic_algorithms(deterministic)
-    torch.backends.cudnn.deterministic = deterministic
-    torch.backends.cudnn.benchmark = not deterministic
-
-
-def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """'key: old -> new' for every leaf that differs between two plain config dicts."""
-    changes = []
-    for key in sorted(set(old) | set(new), key=str):
-        path = f"{prefix}{key}"
-        before, after = old.get(key), new.get(key)
-        if isinstance(before, dict) and isinstance(after, dict):
-            changes += config_changes(before, after, f"{path}.")
-        elif before != after:
-            changes.append(f"{path}: {before!r} -> {after!r}")
-    return changes

@@ -1,0 +1,66 @@
+"""The process around a run: output directories, user plugins, the device, backend settings."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from trainer.config import Config
+from trainer.errors import InputError
+
+
+def check_output_dirs(config: Config) -> None:
+    """checkpoint.dir and logging.dir must be creatable and writable, checked without creating them."""
+    for key, directory in (("checkpoint.dir", config.checkpoint.dir), ("logging.dir", config.logging.dir)):
+        path = Path(directory).absolute()
+        existing = next(parent for parent in (path, *path.parents) if parent.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            problem = "is a file, not a directory" if not existing.is_dir() else "is not writable"
+            raise InputError(f"config key {key}: {directory} cannot be written because {existing} {problem}; point it elsewhere")
+
+
+def import_plugins(modules: list[str]) -> None:
+    """Import the config's `imports:` (user modules that register components)."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # user modules beside the config's working directory
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            raise InputError(f"config key imports: cannot import {name!r} ({error}); check the module name") from None
+    import data  # noqa: F401  (registers Kiln's datasets)
+    import models  # noqa: F401  (registers Kiln's models)
+    import trainer.metrics  # noqa: F401  (registers Kiln's metrics)
+    import trainer.reporters  # noqa: F401  (registers Kiln's validation reporters)
+
+
+def wants_cuda(name: str) -> bool:
+    """Whether the device setting means CUDA here (auto with a GPU, or cuda[:N])."""
+    return name.startswith("cuda") or (name == "auto" and torch.cuda.is_available())
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """auto -> cuda when available, else cpu; under torchrun `cuda` is this rank's GPU.
+    Asking for CUDA without a GPU is an InputError."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(f"cuda:{local_rank}" if name == "cuda" and torch.cuda.is_available() else name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"config key device: {name!r} was asked for but CUDA is not available here; set device: cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(f"config key device: {name!r} does not exist ({torch.cuda.device_count()} GPUs); pick a lower index")
+    return device
+
+
+def configure_backends(deterministic: bool) -> None:
+    """deterministic: PyTorch's deterministic algorithms; otherwise let cuDNN pick the fastest."""
+    # Only when it changes something: the call imports torch._inductor (seconds of start-up).
+    if deterministic or torch.are_deterministic_algorithms_enabled():
+        torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
