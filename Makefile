@@ -21,9 +21,10 @@ train: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# -n auto --dist loadfile: one worker per core, each test file on one worker (its fixtures run once)
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -19,7 +19,17 @@ pytestmark = pytest.mark.slow
 
 def torchrun(workdir: Path, *args: str, nproc: int = 2, extra: tuple[str, ...] = (), timeout: float = 240):
     """`torchrun --nproc_per_node=N train.py ARGS` in `workdir`."""
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *extra, str(TRAIN_PY), *args]
+    # --standalone: a free port of its own, so parallel test workers never collide on 29500
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        *extra,
+        str(TRAIN_PY),
+        *args,
+    ]
     env = {**os.environ, "PYTHONPATH": str(workdir), "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -136,7 +146,7 @@ def test_a_failing_rank_stops_the_whole_job_with_its_error(workdir):
 
 def test_elastic_restart_resumes_from_the_newest_checkpoint_and_matches(two_process_reference, workdir):
     config = _flaky_config(workdir, at=40, condition="not marker.exists()")
-    result = torchrun(workdir, "-c", str(config), "resume_path=auto", extra=("--standalone", "--max-restarts=1"))
+    result = torchrun(workdir, "-c", str(config), "resume_path=auto", extra=("--max-restarts=1",))
     assert result.returncode == 0, result.stderr[-3000:]
     assert (workdir / "crashed_once").exists()
     log = (workdir / "experiments" / "tiny" / "train.log").read_text()
