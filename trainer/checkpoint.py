@@ -113,9 +113,10 @@ def _is_state_dict(obj: Any) -> bool:
     )
 
 
-def extract_weights(obj: Any, key: str, path: Path) -> dict[str, torch.Tensor]:
+def extract_weights(obj: Any, key: str, path: Path, what: str = "pretrain_path") -> dict[str, torch.Tensor]:
     """The state dict inside a loaded weights file: `obj[key]`, or for `auto` the first of
-    params, model, state_dict that holds one, else the file itself."""
+    params, model, state_dict that holds one, else the file itself. `what` names the file's
+    option in errors (pretrain_path, or a tool's --weights)."""
     if key == "auto":
         for candidate in AUTO_WEIGHT_KEYS:
             if isinstance(obj, dict) and _is_state_dict(obj.get(candidate)):
@@ -124,7 +125,7 @@ def extract_weights(obj: Any, key: str, path: Path) -> dict[str, torch.Tensor]:
             return obj
         keys = sorted(obj)[:8] if isinstance(obj, dict) else []
         raise InputError(
-            f"pretrain_path {path} holds no state dict under {', '.join(AUTO_WEIGHT_KEYS)} nor at its top level "
+            f"{what} {path} holds no state dict under {', '.join(AUTO_WEIGHT_KEYS)} nor at its top level "
             f"(its keys: {keys}); set pretrain_key to the entry that holds the weights"
         )
     if not isinstance(obj, dict) or key not in obj:
@@ -355,10 +356,12 @@ class CheckpointManager:
             "(<name>_iter_<N>.pt); to start from these weights, set pretrain_path instead"
         )
 
-    def load_weights(self, path: str | Path, key: str, rules: list[list[str]]) -> dict[str, torch.Tensor]:
+    def load_weights(
+        self, path: str | Path, key: str, rules: list[list[str]], what: str = "pretrain_path"
+    ) -> dict[str, torch.Tensor]:
         """The model weights in any supported file (Kiln .pth/.pt, BasicSR, Lightning, plain)."""
         path = Path(path)
-        return revise_keys(extract_weights(load_file(path, "pretrain_path"), key, path), rules)
+        return revise_keys(extract_weights(load_file(path, what), key, path, what), rules)
 
     def archive_existing(self, stamp: str) -> Path | None:
         """Move this experiment's own weight files into `<dir>/<name>_archived_<stamp>/`."""
