@@ -1,3 +1,6 @@
 """Reference networks. Importing this package registers every model in trainer.registry.MODELS."""
 
-from models import simple_cnn  # noqa: F401  (registers SimpleCNN, MLP)
+from models import (
+    simple_cnn,  # noqa: F401  (registers SimpleCNN, MLP)
+    sr,  # noqa: F401  (registers SRCNN, EDSR)
+)

@@ -4,7 +4,9 @@ validation set is exact (sum of sums / sum of counts) however it is batched or s
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
+from trainer.errors import InputError
 from trainer.registry import METRICS
 
 
@@ -22,3 +24,124 @@ class Accuracy:
         best = output.topk(self.topk, dim=1).indices  # (B, k)
         correct = (best == target[:, None]).any(dim=1).sum()
         return correct.to(torch.float64), torch.tensor(target.shape[0], dtype=torch.float64, device=target.device)
+
+
+# -- image quality (super-resolution) ---------------------------------------------------------
+
+# ITU-R BT.601 luma for RGB in [0, 1] -> Y in [16, 235] on the 0-255 scale, as the SR papers
+# (and MATLAB's rgb2ycbcr, BasicSR's `bgr2ycbcr(y_only=True)`) compute it.
+Y_OFFSET = 16.0
+Y_WEIGHTS = (65.481, 128.553, 24.966)
+# PSNR of identical images would be log(0): the MSE is clamped here, so it reads ~148.1 dB.
+MIN_MSE = 1e-10
+# SSIM constants of Wang et al. 2004 for 8-bit images, and their 11x11 Gaussian window.
+SSIM_C1 = (0.01 * 255) ** 2
+SSIM_C2 = (0.03 * 255) ** 2
+SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
+
+
+def rgb_to_y(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB in [0, 1] -> (B, 1, H, W) BT.601 luma Y = 16 + 65.481 R + 128.553 G + 24.966 B (0-255 scale)."""
+    weights = torch.tensor(Y_WEIGHTS, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    return Y_OFFSET + (images * weights).sum(dim=1, keepdim=True)
+
+
+def psnr_per_image(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) pairs on the 0-255 scale -> (B,) float64 PSNR in dB, the MSE clamped at MIN_MSE."""
+    mse = (output.double() - target.double()).pow(2).flatten(1).mean(dim=1)  # (B,)
+    return 10 * torch.log10(255.0**2 / mse.clamp_min(MIN_MSE))
+
+
+def _gaussian_window(channels: int, device: torch.device) -> torch.Tensor:
+    """(channels, 1, 11, 11) float64 normalised Gaussian with sigma 1.5, one copy per channel."""
+    coords = torch.arange(SSIM_WINDOW, dtype=torch.float64, device=device) - SSIM_WINDOW // 2
+    gauss = torch.exp(-(coords**2) / (2 * SSIM_SIGMA**2))
+    gauss = gauss / gauss.sum()
+    return torch.outer(gauss, gauss).expand(channels, 1, SSIM_WINDOW, SSIM_WINDOW)
+
+
+def ssim_per_image(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) pairs on the 0-255 scale -> (B,) float64 SSIM: the mean SSIM map of each channel, averaged.
+
+    As Wang et al.'s MATLAB code (and BasicSR): Gaussian statistics over valid 11x11 windows only.
+    """
+    channels = output.shape[1]
+    window = _gaussian_window(channels, output.device)
+    x, y = output.double(), target.double()
+
+    def local_mean(images: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(images, window, groups=channels)  # (B, C, H-10, W-10)
+
+    mu_x, mu_y = local_mean(x), local_mean(y)
+    var_x = local_mean(x * x) - mu_x**2
+    var_y = local_mean(y * y) - mu_y**2
+    cov = local_mean(x * y) - mu_x * mu_y
+    ssim_map = ((2 * mu_x * mu_y + SSIM_C1) * (2 * cov + SSIM_C2)) / ((mu_x**2 + mu_y**2 + SSIM_C1) * (var_x + var_y + SSIM_C2))
+    return ssim_map.mean(dim=(2, 3)).mean(dim=1)  # per channel, then over channels: (B,)
+
+
+class ImageQuality:
+    """Shared by PSNR and SSIM: clamp the output, crop the border, optionally keep only Y, 0-255 scale.
+
+    Computed per image over its pixels and returned as (sum over images, number of images),
+    so the validation figure is the mean over images, as SR papers report it.
+    """
+
+    name = "image quality"
+    per_image_fn = staticmethod(psnr_per_image)
+    min_size = 1
+
+    def __init__(self, crop_border: int = 0, test_y_channel: bool = False) -> None:
+        if isinstance(crop_border, bool) or not isinstance(crop_border, int) or crop_border < 0:
+            raise ValueError(
+                f"crop_border must be an integer >= 0 (pixels cut from each edge; SR papers use the scale), got {crop_border!r}"
+            )
+        if not isinstance(test_y_channel, bool):
+            raise ValueError(f"test_y_channel must be true or false, got {test_y_channel!r}")
+        self.crop_border = crop_border
+        self.test_y_channel = test_y_channel
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) in [0, 1] -> cropped, Y or RGB, on the 0-255 scale (float32)."""
+        images = images.float()
+        border = self.crop_border
+        if border:
+            images = images[..., border:-border, border:-border]
+        if min(images.shape[-2:]) < self.min_size:
+            raise InputError(
+                f"metric {self.name}: the validation images are {tuple(images.shape[-2:])} after crop_border {border}, "
+                f"smaller than {self.min_size} pixels; lower crop_border or validate on larger images"
+            )
+        if not self.test_y_channel:
+            return images * 255
+        if images.shape[1] != 3:
+            raise InputError(
+                f"metric {self.name}: test_y_channel needs RGB images, got {images.shape[1]} channels; set it to false"
+            )
+        return rgb_to_y(images)
+
+    def per_image(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) output and target in [0, 1] -> (B,) float64 values; the output is clamped to [0, 1]."""
+        return self.per_image_fn(self.prepare(output.clamp(0, 1)), self.prepare(target))
+
+    def __call__(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, H, W) output and target -> (sum of per-image values, number of images), on device."""
+        values = self.per_image(output, target)
+        return values.sum(), torch.tensor(values.shape[0], dtype=torch.float64, device=values.device)
+
+
+@METRICS.register(name="psnr")
+class PSNR(ImageQuality):
+    """Peak signal-to-noise ratio in dB on the 0-255 scale, the mean over images (MSE clamped at 1e-10)."""
+
+    name = "psnr"
+    per_image_fn = staticmethod(psnr_per_image)
+
+
+@METRICS.register(name="ssim")
+class SSIM(ImageQuality):
+    """Structural similarity (11x11 Gaussian window, sigma 1.5, 0-255 scale), the mean over images."""
+
+    name = "ssim"
+    per_image_fn = staticmethod(ssim_per_image)
+    min_size = SSIM_WINDOW

@@ -4,6 +4,8 @@ One dict per kind of component. A `type` in a config is looked up in the kind's 
 registrations, then in the torch module that kind falls back to (every torch.optim optimizer,
 lr_scheduler and torch.nn loss works by name), then imported as a dotted path
 (`mypkg.nets.TinyNet`), so users plug in their own classes without touching Kiln's files.
+A name still unknown is looked up among the kind's lazy builders (models: torchvision's
+classification networks, `resnet18`, `mobilenet_v3_small`, ...).
 """
 
 from __future__ import annotations
@@ -23,10 +25,18 @@ from trainer.errors import InputError
 class Registry:
     """Names -> classes (or factories) for one kind of component."""
 
-    def __init__(self, kind: str, fallback: Callable[[], ModuleType] | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        fallback: Callable[[], ModuleType] | None = None,
+        builders: Callable[[], dict[str, Callable]] | None = None,
+    ) -> None:
         self.kind = kind
         self._entries: dict[str, Callable] = {}
         self._fallback = fallback  # a module looked up by attribute, imported only when needed
+        # name -> factory, asked only for a name found nowhere else: it may import a heavy
+        # package (torchvision takes seconds), which a registered name must never pay for
+        self._builders = builders
 
     def register(self, obj: Callable | None = None, *, name: str | None = None) -> Callable:
         """Register `obj` under `name` (default: its __name__); usable as a decorator."""
@@ -41,7 +51,7 @@ class Registry:
         return add(obj) if obj is not None else add
 
     def names(self) -> list[str]:
-        """Every name this registry resolves without a dotted path."""
+        """Every name this registry resolves without a dotted path, except the lazy builders'."""
         fallback = self._fallback() if self._fallback else None
         extra = [name for name, value in vars(fallback).items() if _is_torch_class(value)] if fallback else []
         return sorted(set(self._entries) | {name for name in extra if not name.startswith("_")})
@@ -55,7 +65,11 @@ class Registry:
             return getattr(fallback, name)
         if "." in name:
             return _import_dotted(name, self.kind)
-        hint = _suggest(name, self.names()) or "register it or give a dotted path such as mypkg.module.Class"
+        builders = self._builders() if self._builders else {}
+        if name in builders:
+            return builders[name]
+        # The builders were imported for this lookup anyway, so their names join the suggestions.
+        hint = _suggest(name, self.names() + list(builders)) or "register it or give a dotted path such as mypkg.module.Class"
         raise InputError(f"unknown {self.kind} type {name!r}; {hint}")
 
 
@@ -106,7 +120,9 @@ def build(registry: Registry, spec: Component, *args: Any, key: str | None = Non
     except (ValueError, TypeError) as error:
         # The arguments bound, so this is a bad value: torch.optim and friends validate values
         # with ValueError ("Invalid learning rate: -1.0") and reject wrong types with TypeError.
-        raise InputError(f"{what}: {error}; fix its arguments in the config") from None
+        # Messages that already say how to fix it (ending in a clause after ';') are kept as they are.
+        fix = "" if ";" in str(error) else "; fix its arguments in the config"
+        raise InputError(f"{what}: {error}{fix}") from None
 
 
 def _check_arguments(target: Callable, args: tuple, kwargs: dict, what: str) -> None:
@@ -137,7 +153,19 @@ def _torch_module(name: str) -> Callable[[], ModuleType]:
     return lambda: importlib.import_module(name)
 
 
-MODELS = Registry("model")
+def _torchvision_classifiers() -> dict[str, Callable]:
+    """torchvision's classification model builders by name (resnet18, ...); imports torchvision.
+
+    Their `weights` default to None: nothing is downloaded. Pretrained weights come in through
+    pretrain_path like any other file.
+    """
+    import torchvision.models
+
+    names = torchvision.models.list_models(module=torchvision.models)  # classification only, not detection
+    return {name: torchvision.models.get_model_builder(name) for name in names}
+
+
+MODELS = Registry("model", builders=_torchvision_classifiers)
 DATASETS = Registry("dataset")
 LOSSES = Registry("loss", _torch_module("torch.nn"))
 METRICS = Registry("metric")

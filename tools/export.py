@@ -1,0 +1,146 @@
+"""Export the weights of a checkpoint: python tools/export.py CHECKPOINT [-o OUT] [--format pth|safetensors] [--force].
+
+- `--format pth` (default): the weight-only `{"params": state_dict}` the trainer writes, byte for
+  byte, e.g. to recover a deleted `.pth` from its `.pt`.
+- `--format safetensors`: the same tensors in a `.safetensors` file, for tools that read that
+  format (it holds no pickle, so loading it can never run code).
+
+From a full `.pt` it takes the weights the trainer's `.pth` of that iteration holds: the EMA
+weights when the run used `train.ema`, else the model's. A `.pth` or another tool's state dict
+(found as `pretrain_key: auto` finds it) works too. An existing file is never overwritten
+unless --force is given; every write is atomic (temporary file, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+# Run as `python tools/export.py` from the repo root: the script's own folder is on sys.path,
+# the repo root (where trainer/ and utils/ live) is not.
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+SUFFIXES = {"pth": ".pth", "safetensors": ".safetensors"}
+EMA_COUNTER = "n_averaged"  # AveragedModel's step counter, not a weight
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose mistakes are one `error:` line and exit 2, like every other Kiln error."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print one line and exit 2 (argparse would add its usage block)."""
+        self.exit(2, f"error: {message}; see {self.prog} --help\n")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """CHECKPOINT, -o OUT, --format and --force."""
+    parser = _Parser(
+        prog="tools/export.py",
+        description="Write the weights of a checkpoint as a weight-only .pth or a .safetensors file.",
+        epilog="example: python tools/export.py weights/digits_cnn_best.pt --format safetensors",
+    )
+    parser.add_argument("checkpoint", help="a Kiln .pt or .pth, or another tool's state dict")
+    parser.add_argument("-o", "--output", help="where to write (default: CHECKPOINT with the format's suffix)")
+    parser.add_argument("--format", choices=sorted(SUFFIXES), default="pth", help="pth (default) or safetensors")
+    parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    return parser.parse_args(argv)
+
+
+def weights_of(obj: Any, path: Path) -> tuple[dict, str]:
+    """(state dict, where it came from) of a loaded checkpoint, as the trainer's .pth holds it."""
+    from trainer.checkpoint import KEY_FORMAT, KEY_MODEL, clean_state_dict, extract_weights
+
+    if isinstance(obj, dict) and KEY_FORMAT in obj:  # a full Kiln .pt
+        ema = obj.get("ema")
+        if ema:
+            # AveragedModel's state dict: `module.<key>` per tensor plus its counter. The
+            # trainer's .pth holds `ema.module`'s state dict, i.e. these without the prefix.
+            ema_weights = {key: value for key, value in ema.items() if key != EMA_COUNTER}
+            return clean_state_dict(ema_weights), "EMA weights (train.ema) of the full checkpoint"
+        return clean_state_dict(obj[KEY_MODEL]), "model weights of the full checkpoint"
+    return clean_state_dict(extract_weights(obj, "auto", path)), "weights of"
+
+
+def output_path(source: Path, output: str | None, fmt: str, force: bool) -> Path:
+    """The file to write; an existing one (or the source itself) is an InputError unless --force."""
+    from trainer.errors import InputError
+
+    target = Path(output) if output else source.with_suffix(SUFFIXES[fmt])
+    if target.resolve() == source.resolve():
+        raise InputError(f"{target} is the checkpoint itself; give another -o OUT")
+    if target.exists() and not force:
+        raise InputError(f"{target} exists; pass --force to overwrite it, or -o to write elsewhere")
+    if not target.parent.is_dir():
+        raise InputError(f"-o {target}: the folder {target.parent} does not exist; create it first")
+    return target
+
+
+def write_pth(weights: dict, target: Path) -> None:
+    """`{"params": weights}` written like the trainer's .pth (same torch.save, atomic)."""
+    from trainer.checkpoint import KEY_WEIGHTS
+    from utils.io import atomic_torch_save
+
+    atomic_torch_save({KEY_WEIGHTS: weights}, target)
+
+
+def write_safetensors(weights: dict, target: Path, source: Path) -> None:
+    """The tensors as a .safetensors file, written to a temporary name and renamed (utils.io)."""
+    import torch
+    from safetensors.torch import save
+
+    from utils.io import atomic_write
+
+    # safetensors refuses non-contiguous tensors and tensors that share memory (tied weights):
+    # a contiguous copy of each is neither.
+    tensors = {key: value.detach().clone(memory_format=torch.contiguous_format) for key, value in weights.items()}
+    metadata = {"format": "pt", "source": source.name}  # "pt": what transformers and timm expect of torch tensors
+    data = save(tensors, metadata=metadata)  # bytes, so that utils.io writes, fsyncs and renames them
+    atomic_write(target, lambda file: file.write(data))
+
+
+def export(checkpoint: str, output: str | None, fmt: str, force: bool) -> tuple[Path, str, int]:
+    """Write the weights of `checkpoint`; return (written path, what they were, tensor count)."""
+    from trainer.checkpoint import load_file
+    from trainer.errors import InputError
+
+    source = Path(checkpoint)
+    obj = load_file(source, "checkpoint")
+    try:
+        weights, what = weights_of(obj, source)
+    except InputError:
+        keys = sorted(map(str, obj))[:8] if isinstance(obj, dict) else type(obj).__name__
+        raise InputError(
+            f"checkpoint {source} holds no weights: it is not a Kiln .pt or .pth and has no params, model or "
+            f"state_dict entry (its keys: {keys}); load it yourself and torch.save its state dict"
+        ) from None
+    target = output_path(source, output, fmt, force)
+    if fmt == "safetensors":
+        write_safetensors(weights, target, source)
+    else:
+        write_pth(weights, target)
+    return target, what, len(weights)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, export, report; exit 2 with one line on a bad input."""
+    args = parse_args(argv)  # before importing torch, so --help stays fast
+    from trainer.errors import InputError
+
+    try:
+        target, what, count = export(args.checkpoint, args.output, args.format, args.force)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a full disk or a read-only folder: nothing was left under the final name
+        print(f"error: could not write {error.filename or args.output} ({error.strerror or error})", file=sys.stderr)
+        return 1
+    print(f"wrote {target}: {count} tensors, the {what} {args.checkpoint}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

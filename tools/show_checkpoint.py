@@ -1,0 +1,167 @@
+"""Show what a checkpoint holds: python tools/show_checkpoint.py PATH.
+
+Prints the format (full .pt, weight-only .pth, safetensors or another tool's file), iteration,
+epoch, best metrics, parameter count and size, the top-level keys, and the run's config as
+YAML. Files are read with `torch.load(weights_only=True)` (through trainer.checkpoint.load_file)
+or safetensors, so showing an untrusted file never runs code from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+# Run as `python tools/show_checkpoint.py` from the repo root: the script's own folder is on
+# sys.path, the repo root (where trainer/ lives) is not.
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose mistakes are one `error:` line and exit 2, like every other Kiln error."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print one line and exit 2 (argparse would add its usage block)."""
+        self.exit(2, f"error: {message}; see {self.prog} --help\n")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """PATH."""
+    parser = _Parser(
+        prog="tools/show_checkpoint.py",
+        description="Show what a .pt, .pth or .safetensors file holds.",
+        epilog="example: python tools/show_checkpoint.py weights/digits_cnn_best.pt",
+    )
+    parser.add_argument("path", help="the checkpoint file")
+    return parser.parse_args(argv)
+
+
+def describe(path: Path) -> tuple[list[tuple[str, str]], dict | None]:
+    """([(label, text), ...], the saved config or None) for the file at `path`."""
+    import torch
+
+    from trainer.checkpoint import KEY_BEST, KEY_CONFIG, KEY_EPOCH, KEY_FORMAT, KEY_ITERATION, KEY_MODEL, KEY_WEIGHTS, load_file
+    from trainer.errors import InputError
+
+    if not path.is_file():
+        raise InputError(f"checkpoint {path} does not exist; check the path")
+    size = f"{path} ({path.stat().st_size / 1e6:.2f} MB)"
+    if path.suffix == ".safetensors":
+        return [("file", size), *_describe_safetensors(path)], None
+    obj = load_file(path, "checkpoint")
+    keys = _first_keys(obj) if isinstance(obj, dict) else f"none (a {type(obj).__name__})"
+    if isinstance(obj, dict) and KEY_FORMAT in obj:
+        rows = [
+            ("format", f"full checkpoint (.pt), format_version {obj[KEY_FORMAT]}"),
+            ("iteration", str(obj.get(KEY_ITERATION, "?"))),
+            ("epoch", str(obj.get(KEY_EPOCH, "?"))),
+            ("best", best_text(obj.get(KEY_BEST) or {})),
+            ("parameters", tensor_summary(obj.get(KEY_MODEL) or {}) + " (model)"),
+            ("ema", "yes: the .pth beside it holds the EMA weights" if obj.get("ema") else "no"),
+        ]
+        config = obj.get(KEY_CONFIG)
+    elif isinstance(obj, dict) and set(obj) == {KEY_WEIGHTS}:
+        rows = [
+            ("format", 'weight-only (.pth): {"params": state_dict}'),
+            ("iteration", "not stored (a .pth holds only weights; the .pt of the same name has the rest)"),
+            ("parameters", tensor_summary(obj[KEY_WEIGHTS])),
+        ]
+        config = None
+    else:
+        bare = isinstance(obj, dict) and bool(obj) and all(isinstance(value, torch.Tensor) for value in obj.values())
+        what = "a bare state dict (as torchvision and timm save)" if bare else "not a Kiln checkpoint"
+        rows = [("format", f"other: {what}"), ("parameters", _foreign_weights(obj, path))]
+        config = None
+    return [("file", size), *rows, ("top-level keys", keys)], config
+
+
+def _first_keys(obj: dict, limit: int = 12) -> str:
+    """The first `limit` top-level keys, and how many more there are."""
+    keys = [str(key) for key in obj]
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def _describe_safetensors(path: Path) -> list[tuple[str, str]]:
+    """Rows for a .safetensors file (tensors and metadata; no pickle involved)."""
+    from trainer.errors import InputError
+
+    try:
+        from safetensors import safe_open
+        from safetensors.torch import load_file as load_safetensors
+
+        tensors = load_safetensors(path)
+        with safe_open(path, framework="pt") as file:
+            metadata = file.metadata() or {}
+    except ImportError:
+        raise InputError("reading .safetensors needs the safetensors package; pip install -r requirements.txt") from None
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own error types for damaged files
+        raise InputError(f"checkpoint {path} is not a readable safetensors file ({error}); use another file") from None
+    return [
+        ("format", "safetensors"),
+        ("parameters", tensor_summary(tensors)),
+        ("metadata", ", ".join(f"{key}={value}" for key, value in metadata.items()) or "none"),
+    ]
+
+
+def _foreign_weights(obj: Any, path: Path) -> str:
+    """The parameter summary of the state dict `pretrain_key: auto` would find, or why there is none."""
+    from trainer.checkpoint import extract_weights
+    from trainer.errors import InputError
+
+    try:
+        return tensor_summary(extract_weights(obj, "auto", path)) + " (what pretrain_key: auto finds)"
+    except InputError:
+        return "no state dict under params, model or state_dict, nor at the top level (set pretrain_key to use it)"
+
+
+def tensor_summary(state: dict) -> str:
+    """'151,306 in 8 tensors, 0.61 MB': values (parameters and buffers) and their size."""
+    import torch
+
+    tensors = [value for value in state.values() if isinstance(value, torch.Tensor)]
+    count = sum(tensor.numel() for tensor in tensors)
+    size = sum(tensor.numel() * tensor.element_size() for tensor in tensors) / 1e6
+    return f"{count:,} in {len(tensors)} tensors, {size:.2f} MB"
+
+
+def best_text(best: dict) -> str:
+    """'accuracy 0.9861 @ iter 250', or that there is none yet."""
+    metrics = {key: value for key, value in best.items() if key != "iteration"}
+    if not metrics:
+        return "none yet (no validation before this save)"
+    values = ", ".join(f"{name} {value:.6g}" for name, value in metrics.items())
+    return f"{values} @ iter {best['iteration']}" if "iteration" in best else values
+
+
+def render(rows: list[tuple[str, str]], config: dict | None) -> str:
+    """Aligned `label: text` lines, then the config as YAML indented under `config:`."""
+    import yaml
+
+    width = max(len(label) for label, _ in rows) + 1
+    lines = [f"{label + ':':<{width}} {text}" for label, text in rows]
+    if config is not None:
+        text = yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=100)
+        lines += ["config:", *(f"  {line}" for line in text.splitlines())]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, describe, print; exit 2 with one line on a bad input."""
+    args = parse_args(argv)  # before importing torch, so --help stays fast
+    from trainer.errors import InputError
+
+    try:
+        rows, config = describe(Path(args.path))
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(render(rows, config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
