@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
@@ -11,7 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO, assert_bitwise_equal, load_params
-from tests.helpers import train_in_process
+from tests.helpers import train_in_dir, train_in_process
 from trainer.config import load_config
 
 # 64 crops / batch 8 = 8 batches per epoch: iteration 12 is mid-epoch 1.
@@ -50,12 +49,7 @@ TINY_SR = {
 def sr_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One 24-iteration tiny EDSR run (validations at 12 and 24), shared by the tests below."""
     workdir = tmp_path_factory.mktemp("sr_run")
-    cwd = os.getcwd()
-    os.chdir(workdir)
-    try:
-        assert train_in_process(workdir, TINY_SR) == 0
-    finally:
-        os.chdir(cwd)
+    assert train_in_dir(workdir, TINY_SR) == 0
     return workdir
 
 

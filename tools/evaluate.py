@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 # Run as `python tools/evaluate.py` from the repo root: the script's own folder is on sys.path,
 # the repo root (where trainer/, data/ and models/ live) is not.
@@ -19,18 +19,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose mistakes are one `error:` line and exit 2, like every other Kiln error."""
-
-    def error(self, message: str) -> NoReturn:
-        """Print one line and exit 2 (argparse would add its usage block)."""
-        self.exit(2, f"error: {message}; see {self.prog} --help\n")
+from utils.cli import OneLineErrorParser  # noqa: E402  (needs the repo root on sys.path)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """-c CONFIG, --weights PATH and KEY=VALUE overrides (as train.py takes them)."""
-    parser = _Parser(
+    parser = OneLineErrorParser(
         prog="tools/evaluate.py",
         description="Evaluate weights on the validation set of a config.",
         epilog="example: python tools/evaluate.py -c configs/digits_cnn.yaml --weights weights/digits_cnn_best.pth",

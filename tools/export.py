@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 # Run as `python tools/export.py` from the repo root: the script's own folder is on sys.path,
 # the repo root (where trainer/ and utils/ live) is not.
@@ -24,21 +24,15 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from utils.cli import OneLineErrorParser  # noqa: E402  (needs the repo root on sys.path)
+
 SUFFIXES = {"pth": ".pth", "safetensors": ".safetensors"}
 EMA_COUNTER = "n_averaged"  # AveragedModel's step counter, not a weight
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose mistakes are one `error:` line and exit 2, like every other Kiln error."""
-
-    def error(self, message: str) -> NoReturn:
-        """Print one line and exit 2 (argparse would add its usage block)."""
-        self.exit(2, f"error: {message}; see {self.prog} --help\n")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """CHECKPOINT, -o OUT, --format and --force."""
-    parser = _Parser(
+    parser = OneLineErrorParser(
         prog="tools/export.py",
         description="Write the weights of a checkpoint as a weight-only .pth or a .safetensors file.",
         epilog="example: python tools/export.py weights/digits_cnn_best.pt --format safetensors",

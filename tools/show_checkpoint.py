@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 # Run as `python tools/show_checkpoint.py` from the repo root: the script's own folder is on
 # sys.path, the repo root (where trainer/ lives) is not.
@@ -19,18 +19,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose mistakes are one `error:` line and exit 2, like every other Kiln error."""
-
-    def error(self, message: str) -> NoReturn:
-        """Print one line and exit 2 (argparse would add its usage block)."""
-        self.exit(2, f"error: {message}; see {self.prog} --help\n")
+from utils.cli import OneLineErrorParser  # noqa: E402  (needs the repo root on sys.path)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """PATH."""
-    parser = _Parser(
+    parser = OneLineErrorParser(
         prog="tools/show_checkpoint.py",
         description="Show what a .pt, .pth or .safetensors file holds.",
         epilog="example: python tools/show_checkpoint.py weights/digits_cnn_best.pt",

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import errno
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.conftest import run_train, tiny_config, write_config
-from tests.helpers import train_in_process
+from tests.helpers import train_in_dir, train_in_process
 from trainer.checkpoint import CheckpointManager, clean_state_dict, load_file
 from trainer.config import config_from_dict
 from trainer.errors import InputError, TrainingError
@@ -24,12 +23,7 @@ from utils.io import atomic_torch_save
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished 10-iteration tiny run; its weights/ holds real .pt and .pth files."""
     workdir = tmp_path_factory.mktemp("trained")
-    cwd = os.getcwd()
-    os.chdir(workdir)
-    try:
-        assert train_in_process(workdir, tiny_config(), "train.total_iters=10") == 0
-    finally:
-        os.chdir(cwd)
+    assert train_in_dir(workdir, tiny_config(), "train.total_iters=10") == 0
     return workdir / "weights"
 
 

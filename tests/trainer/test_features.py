@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import assert_bitwise_equal, load_params, tiny_config
-from tests.helpers import train_in_process
+from tests.helpers import train_in_dir
 
 # 44 batches per epoch at batch 32: the save at 15 is mid-epoch; the run crosses no epoch end,
 # the accumulate case (3 micro-batches a step) crosses one.
@@ -33,12 +32,7 @@ FEATURES = {
 
 
 def _train(workdir: Path, *overrides: str) -> None:
-    cwd = os.getcwd()
-    os.chdir(workdir)
-    try:
-        assert train_in_process(workdir, FEATURE_RUN, *overrides) == 0
-    finally:
-        os.chdir(cwd)
+    assert train_in_dir(workdir, FEATURE_RUN, *overrides) == 0
 
 
 @pytest.mark.parametrize("feature", list(FEATURES))
@@ -102,12 +96,7 @@ def _one_step(tmp_path: Path, name: str, *overrides: str) -> dict[str, torch.Ten
         data={"batch_size": 32, "train": {"type": "Digits", "split": "train"}},
         train={"total_iters": 1},
     )
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        assert train_in_process(tmp_path, document, *overrides) == 0
-    finally:
-        os.chdir(cwd)
+    assert train_in_dir(tmp_path, document, *overrides) == 0
     return load_params(tmp_path / "weights" / f"{name}_iter_1.pth")
 
 

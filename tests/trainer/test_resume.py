@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -14,7 +13,7 @@ import pytest
 import torch
 
 from tests.conftest import TRAIN_PY, assert_bitwise_equal, load_params, run_train, tiny_config, write_config
-from tests.helpers import train_in_process
+from tests.helpers import train_in_dir, train_in_process
 
 # 1438 training digits / 32 = 44 batches per epoch: iteration 25 is mid-epoch 0, 50 mid-epoch 1.
 RESUME_CONFIG = tiny_config(
@@ -28,12 +27,7 @@ RESUME_CONFIG = tiny_config(
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The reference: one 60-iteration run with dropout and random augmentation."""
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    cwd = os.getcwd()
-    os.chdir(workdir)
-    try:
-        assert train_in_process(workdir, RESUME_CONFIG) == 0
-    finally:
-        os.chdir(cwd)
+    assert train_in_dir(workdir, RESUME_CONFIG) == 0
     return workdir
 
 
