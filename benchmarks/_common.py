@@ -51,3 +51,14 @@ def machine() -> str:
 
     cpu = platform.processor() or platform.machine()
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def parse_repeats(doc: str) -> int:
+    """Parse the shared `--repeats` option (default 5), print the machine line, return repeats."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="alternating runs of each side")
+    repeats = parser.parse_args().repeats
+    print(f"machine: {machine()}")
+    return repeats

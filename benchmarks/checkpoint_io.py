@@ -23,7 +23,6 @@ dirty pages or freed blocks.
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import REPO, alternate, machine, median
+from _common import REPO, alternate, median, parse_repeats
 from torch import nn
 
 from trainer.checkpoint import CheckpointManager, make_checkpoint, to_host
@@ -133,11 +132,8 @@ def file_sizes(directory: Path, optimizer: str) -> tuple[int, int]:
 
 def main() -> None:
     """Run each comparison with its sides alternating and print the medians and ratios."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    print(f"machine: {machine()}")
-    runs = f"(medians of {args.repeats} alternating runs)"
+    repeats = parse_repeats(__doc__)
+    runs = f"(medians of {repeats} alternating runs)"
     checkpoint, weights = make_state("AdamW")
     parameters = sum(tensor.numel() for tensor in weights.values())
     (REPO / "weights").mkdir(exist_ok=True)
@@ -152,7 +148,7 @@ def main() -> None:
                 "b": lambda: bare_save(checkpoint, weights, stem, fsync=True),
                 "c": lambda: manager_save(manager, checkpoint, weights),
             },
-            args.repeats,
+            repeats,
         )
         a, b, c = (median(times[side]) for side in "abc")
         pt, pth = manager.path("iter_1", ".pt"), manager.path("iter_1", ".pth")
@@ -168,7 +164,7 @@ def main() -> None:
                 "torch.load": lambda: torch.load(pt, weights_only=True),
                 "load_checkpoint": lambda: manager.load_checkpoint(pt),
             },
-            args.repeats,
+            repeats,
         )
         bare, kiln = median(times["torch.load"]), median(times["load_checkpoint"])
         print(
@@ -182,7 +178,7 @@ def main() -> None:
                 "copy": lambda: host_copy(checkpoint, weights),
                 "stall": lambda: background_stall(background, checkpoint, weights),
             },
-            args.repeats,
+            repeats,
         )
         copy, stall = median(times["copy"]), median(times["stall"])
         print(

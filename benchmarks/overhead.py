@@ -10,13 +10,12 @@ saves its final weights with torch.save. Both sides include building the data an
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 
 import torch
 import torch.nn.functional as F
-from _common import alternate, machine, median, scratch_dir
+from _common import alternate, median, parse_repeats, scratch_dir
 from torch.utils.data import DataLoader, TensorDataset
 
 from data.digits import Digits
@@ -79,10 +78,7 @@ def kiln_loop(model_type: str, kwargs: dict, iterations: int, batch: int) -> Non
 
 def main() -> None:
     """Run both sides of each case alternately and print the medians and ratios."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    print(f"machine: {machine()}")
+    repeats = parse_repeats(__doc__)
     with scratch_dir(), open(os.devnull, "w") as devnull:
         for name, case in CASES.items():
             iterations = case[2]
@@ -92,13 +88,13 @@ def main() -> None:
                         "plain": lambda case=case: plain_loop(*case),
                         "kiln": lambda case=case: kiln_loop(*case),
                     },
-                    args.repeats,
+                    repeats,
                 )
             plain, kiln = median(times["plain"]), median(times["kiln"])
             print(
                 f"{name:20s} {iterations} iterations: plain {plain:.3f} s ({plain / iterations * 1e6:.0f} us/step), "
                 f"kiln {kiln:.3f} s ({kiln / iterations * 1e6:.0f} us/step), ratio kiln/plain {kiln / plain:.3f} "
-                f"(medians of {args.repeats} alternating runs)"
+                f"(medians of {repeats} alternating runs)"
             )
 
 

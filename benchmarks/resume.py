@@ -12,14 +12,13 @@ Target: the two within 10% of each other.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import time
 from collections.abc import Callable
 
 import torch
-from _common import machine, median, scratch_dir
+from _common import median, parse_repeats, scratch_dir
 
 from trainer.config import config_from_dict
 from trainer.trainer import Trainer
@@ -74,10 +73,7 @@ def first_iteration(total_iters: int, path: str) -> float:
 
 def main() -> None:
     """Make both checkpoints, then time the resumes alternately and print the medians and ratio."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    print(f"machine: {machine()}")
+    repeats = parse_repeats(__doc__)
     with scratch_dir(), open(os.devnull, "w") as devnull:
         with contextlib.redirect_stdout(devnull):  # Kiln's log lines
             paths = {iterations: make_checkpoint(iterations) for iterations in CHECKPOINTS}
@@ -87,12 +83,12 @@ def main() -> None:
         with contextlib.redirect_stdout(devnull):
             times = alternate_timed(
                 {iterations: lambda i=iterations, p=path: first_iteration(i, p) for iterations, path in paths.items()},
-                args.repeats,
+                repeats,
             )
     early, late = (median(times[iterations]) for iterations in CHECKPOINTS)
     print(
         f"start-up to the first trained iteration: resume at 10 {early:.3f} s, at 10,000 {late:.3f} s, "
-        f"ratio 10,000/10 {late / early:.3f} (target within 10%) (medians of {args.repeats} alternating runs)"
+        f"ratio 10,000/10 {late / early:.3f} (target within 10%) (medians of {repeats} alternating runs)"
     )
     print("the sampler resumes by position: the batches already trained on in the epoch are skipped without loading a sample")
 

@@ -11,14 +11,13 @@ validation or TensorBoard, including its one checkpoint. Targets: --help / impor
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
-from _common import REPO, alternate, machine, median, scratch_dir
+from _common import REPO, alternate, median, parse_repeats, scratch_dir
 
 TRAIN_PY = str(REPO / "train.py")
 IMPORT_TORCH = 'python -c "import torch"'
@@ -43,10 +42,7 @@ def run(*args: str) -> None:
 
 def main() -> None:
     """Time the three commands alternately and print the medians and ratios."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    print(f"machine: {machine()}")
+    repeats = parse_repeats(__doc__)
     with scratch_dir() as directory:
         config = str(tiny_config(directory))
         runs = itertools.count()  # a new experiment name each time: every run is a fresh one, nothing to archive
@@ -58,7 +54,7 @@ def main() -> None:
                     TRAIN_PY, "-c", config, "train.total_iters=1", f"name=startup_{next(runs)}"
                 ),
             },
-            args.repeats,
+            repeats,
         )
     medians = {command: median(values) for command, values in times.items()}
     torch_import = medians[IMPORT_TORCH]
@@ -68,7 +64,7 @@ def main() -> None:
             f", ratio to import torch {seconds / torch_import:.3f}{targets.get(command, '')}" if command != IMPORT_TORCH else ""
         )
         print(f"{command:44s} {seconds:.3f} s{ratio}")
-    print(f"(wall time of the whole process; medians of {args.repeats} alternating runs)")
+    print(f"(wall time of the whole process; medians of {repeats} alternating runs)")
 
 
 if __name__ == "__main__":
