@@ -82,8 +82,8 @@ def check_skip_support(optimizer: torch.optim.Optimizer, amp: str) -> None:
     if not getattr(optimizer, "_step_supports_amp_scaling", False):
         raise InputError(
             f"config key train.nan_policy: skip needs an optimizer that skips a step on the device without a "
-            f"host sync, and {type(optimizer).__name__} as configured cannot; add `fused: true` to optimizer "
-            "(Adam, AdamW and SGD support it)"
+            f"host sync, and {type(optimizer).__name__} as configured cannot; use Adam, AdamW or SGD without "
+            "`fused: false` or `foreach` (Kiln gives them fused kernels)"
         )
 
 

@@ -31,7 +31,8 @@ from trainer.errors import InputError, TrainingError
 from trainer.evaluation import evaluate
 from trainer.logger import Logger, archive_log_dir
 from trainer.numerics import FIXES, NonFiniteGuard, weights_are_finite
-from trainer.registry import DATASETS, LOSSES, METRICS, MODELS, OPTIMIZERS, REPORTERS, SCHEDULERS, build
+from trainer.optim import build_optimizer, load_keeping_implementation
+from trainer.registry import DATASETS, LOSSES, METRICS, MODELS, REPORTERS, SCHEDULERS, build
 from trainer.signals import StopSignals
 from trainer.step import OptimizerStep, build_ema
 from utils.seed import get_rng_state, seed_everything, set_rng_state
@@ -129,7 +130,7 @@ class Trainer:
         if config.data.val is not None:
             val_batch = config.data.val_batch_size or config.data.batch_size
             self.val_loader = self._build_loader(config.data.val, "data.val", val_batch, train=False)
-        self.optimizer = build(OPTIMIZERS, config.optimizer, self.model.parameters(), key="optimizer")
+        self.optimizer = build_optimizer(config.optimizer, self.model, self.device)
         self.scheduler = build(SCHEDULERS, config.scheduler, self.optimizer, key="scheduler") if config.scheduler else None
         self.ema = build_ema(self.model, config.train.ema)
         self.guard = NonFiniteGuard(config.train.nan_policy, config.train.max_skipped, self.device)
@@ -265,7 +266,10 @@ class Trainer:
         try:
             if distributed.keyed_by_name(checkpoint[KEY_OPTIMIZER]) != self.sharded:
                 raise ValueError("it was saved with another train.strategy (fsdp keys the state by name)")
-            distributed.load_optimizer_state(self.model, self.optimizer, checkpoint[KEY_OPTIMIZER])
+            load_keeping_implementation(
+                self.optimizer,
+                lambda: distributed.load_optimizer_state(self.model, self.optimizer, checkpoint[KEY_OPTIMIZER]),
+            )
             if self.scheduler is not None and checkpoint[KEY_SCHEDULER] is not None:
                 self.scheduler.load_state_dict(checkpoint[KEY_SCHEDULER])
         except (ValueError, KeyError) as error:

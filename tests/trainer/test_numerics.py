@@ -82,7 +82,7 @@ def test_stop_policy_exits_1_with_one_clear_line(workdir):
 
 def test_skip_policy_skips_bad_steps_on_the_device_and_finishes(workdir):
     document = _flaky(workdir, first=7, last=8)
-    document["optimizer"] = {"type": "AdamW", "lr": 3.0e-3, "fused": True}
+    document["optimizer"] = {"type": "AdamW", "lr": 3.0e-3}  # fused by default
     assert train_in_process(workdir, document, "train.nan_policy=skip") == 0
     log = (workdir / "experiments" / "tiny" / "train.log").read_text()
     assert "iteration 10: skipped 2 steps with a non-finite loss or gradient" in log
@@ -100,9 +100,11 @@ def test_skip_policy_stops_after_too_many_bad_steps_in_a_row(workdir):
     assert {name for name in _weights(workdir) if "_iter_" in name} == {"tiny_iter_5.pt", "tiny_iter_5.pth"}
 
 
-def test_skip_policy_needs_an_optimizer_that_can_skip_on_the_device(workdir):
-    with pytest.raises(InputError, match=r"train.nan_policy: skip needs an optimizer .* add `fused: true`"):
-        train_in_process(workdir, tiny_config(), "train.nan_policy=skip")
+@pytest.mark.parametrize("implementation", ["optimizer.fused=false", "optimizer.foreach=true"])
+def test_skip_policy_needs_an_optimizer_that_can_skip_on_the_device(workdir, implementation):
+    message = r"train.nan_policy: skip needs an optimizer .* use Adam, AdamW or SGD without `fused: false` or `foreach`"
+    with pytest.raises(InputError, match=message):
+        train_in_process(workdir, tiny_config(), "train.nan_policy=skip", implementation)
 
 
 def test_skip_policy_with_fp16_is_rejected(workdir):

@@ -84,6 +84,10 @@ def test_resumed_tensorboard_has_no_duplicate_steps(workdir):
 
     document = tiny_config(train={"total_iters": 30, "val_interval": 10})
     assert train_in_process(workdir, document) == 0
+    # TensorBoard reads a directory's event files in name order, and a name starts with the
+    # creation second then ends in a per-process counter ("...9" sorts after "...10"). Two runs
+    # of one process in the same second could be read out of order, which real runs never are.
+    time.sleep(1.1)
     # As if the run had been killed after iteration 30 and resumed from its iteration-20 save.
     assert train_in_process(workdir, document, "resume_path=weights/tiny_iter_20.pt") == 0
     events = EventAccumulator(str(workdir / "experiments" / "tiny"))
