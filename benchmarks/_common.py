@@ -15,15 +15,36 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as `python benchmarks/x.py` from anywhere
 
 
-def alternate(sides: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
-    """Time each side `repeats` times, alternating A B A B ... so drift hits all sides alike."""
+def alternate(sides: dict[str, Callable[[], object]], repeats: int, warmup: bool = False) -> dict[str, list[float]]:
+    """Time each side `repeats` times, alternating A B, B A, A B, ... so drift hits all sides alike.
+
+    The order flips every repeat so that neither side always runs right after the other's
+    garbage, page faults or caches. `times[side][i]` of every side belong to the same repeat i.
+    With `warmup` every side first runs once untimed (lazy imports, allocator pools).
+    """
+    for run in sides.values() if warmup else ():
+        run()
     times: dict[str, list[float]] = {name: [] for name in sides}
-    for _ in range(repeats):
-        for name, run in sides.items():
+    for repeat in range(repeats):
+        order = list(sides.items())
+        for name, run in order if repeat % 2 == 0 else reversed(order):
             start = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - start)
     return times
+
+
+def paired_ratios(numerator: list[float], denominator: list[float]) -> tuple[float, float, float]:
+    """(median, lower quartile, upper quartile) of the per-repeat ratios numerator[i] / denominator[i].
+
+    Pairing each repeat with its neighbour cancels the machine's slow drift, which on a
+    shared machine is larger than the effects being measured; the quartiles show the spread.
+    """
+    ratios = sorted(n / d for n, d in zip(numerator, denominator, strict=True))
+    if len(ratios) < 2:
+        return ratios[0], ratios[0], ratios[0]
+    lower, _, upper = statistics.quantiles(ratios, n=4)
+    return statistics.median(ratios), lower, upper
 
 
 def median(values: list[float]) -> float:
@@ -53,12 +74,17 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
-def parse_repeats(doc: str) -> int:
-    """Parse the shared `--repeats` option (default 5), print the machine line, return repeats."""
+def benchmark_parser(doc: str, repeats: int = 5):
+    """An argument parser with the shared `--repeats` option; add a script's own options to it."""
     import argparse
 
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5, help="alternating runs of each side")
-    repeats = parser.parse_args().repeats
+    parser.add_argument("--repeats", type=int, default=repeats, help="alternating runs of each side")
+    return parser
+
+
+def parse_repeats(doc: str) -> int:
+    """Parse the shared `--repeats` option (default 5), print the machine line, return repeats."""
+    repeats = benchmark_parser(doc).parse_args().repeats
     print(f"machine: {machine()}")
     return repeats

@@ -1,11 +1,14 @@
 """Kiln's Trainer against a plain PyTorch loop: same model, data, optimizer, iterations and seed.
 
 The plain loop is what a user would write: a TensorDataset, a shuffling DataLoader, and the
-usual zero_grad/backward/step. Kiln runs with its default logging (a line and TensorBoard
-scalars every 50 iterations), no validation, and one checkpoint at the end; the plain loop
-saves its final weights with torch.save. Both sides include building the data and the model.
+usual zero_grad/backward/step with torch.optim.AdamW as PyTorch builds it. Kiln runs with its
+default logging (a line and TensorBoard scalars every 50 iterations), no validation, and one
+checkpoint (both formats, fsynced) at the end; the plain loop saves its final weights with
+torch.save. Both sides include building the data and the model, and each side runs once untimed first. A third side runs Kiln with
+`optimizer.fused: false`, PyTorch's own per-tensor AdamW kernels, to show how much of the
+difference is the fused optimizer and how much is the loop and its batched fetching.
 
-    python benchmarks/overhead.py [--repeats 5]
+    python benchmarks/overhead.py [--repeats 9] [--case MLP]
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import os
 
 import torch
 import torch.nn.functional as F
-from _common import alternate, median, parse_repeats, scratch_dir
+from _common import alternate, benchmark_parser, machine, median, paired_ratios, scratch_dir
 from torch.utils.data import DataLoader, TensorDataset
 
 from data.digits import Digits
@@ -27,7 +30,7 @@ CASES = {
     # name: (model type, kwargs, iterations, batch size)
     "SimpleCNN, batch 64": ("SimpleCNN", {"num_classes": 10}, 1000, 64),
     "tiny MLP, batch 64": ("MLP", {"hidden": 32}, 3000, 64),
-    "tiny MLP, batch 256": ("MLP", {"hidden": 32}, 3000, 256),
+    "tiny MLP, batch 256": ("MLP", {"hidden": 32}, 1000, 256),
 }
 LR = 1e-3
 
@@ -54,8 +57,8 @@ def plain_loop(model_type: str, kwargs: dict, iterations: int, batch: int) -> No
     torch.save(model.state_dict(), "plain_final.pth")
 
 
-def kiln_loop(model_type: str, kwargs: dict, iterations: int, batch: int) -> None:
-    """The same work through Kiln's Trainer with its default logging."""
+def kiln_loop(model_type: str, kwargs: dict, iterations: int, batch: int, **optimizer: object) -> None:
+    """The same work through Kiln's Trainer with its default logging; `optimizer` adds config keys."""
     config = config_from_dict(
         {
             "name": "overhead",
@@ -63,7 +66,7 @@ def kiln_loop(model_type: str, kwargs: dict, iterations: int, batch: int) -> Non
             "model": {"type": model_type, **kwargs},
             "loss": {"type": "CrossEntropyLoss"},
             "data": {"batch_size": batch, "train": {"type": "Digits", "split": "train"}},
-            "optimizer": {"type": "AdamW", "lr": LR},
+            "optimizer": {"type": "AdamW", "lr": LR, **optimizer},
             "train": {"total_iters": iterations},
             "checkpoint": {"interval": iterations},
             "logging": {"progress": False},
@@ -76,26 +79,42 @@ def kiln_loop(model_type: str, kwargs: dict, iterations: int, batch: int) -> Non
         trainer.close()
 
 
+def report(name: str, iterations: int, times: dict[str, list[float]]) -> None:
+    """Print each side's median, and each Kiln side against the plain loop."""
+    plain = median(times["plain"])
+    print(f"{name}, {iterations} iterations, medians of {len(times['plain'])} alternating runs:")
+    print(f"  {'plain loop':24s} {plain:7.3f} s  {plain / iterations * 1e6:6.0f} us/step")
+    for side in ("kiln", "kiln, fused: false"):
+        kiln = median(times[side])
+        middle, lower, upper = paired_ratios(times[side], times["plain"])
+        framework = (kiln - plain) / iterations * 1e6
+        print(
+            f"  {side:24s} {kiln:7.3f} s  {kiln / iterations * 1e6:6.0f} us/step  ratio {kiln / plain:.3f} "
+            f"(per-run pairs: median {middle:.3f}, quartiles {lower:.3f}-{upper:.3f}), framework {framework:+.0f} us/step"
+        )
+
+
 def main() -> None:
-    """Run both sides of each case alternately and print the medians and ratios."""
-    repeats = parse_repeats(__doc__)
+    """Run the sides of each case alternately and print the medians and ratios."""
+    parser = benchmark_parser(__doc__, repeats=9)
+    parser.add_argument("--case", default="", help="run only the cases whose name contains this text")
+    args = parser.parse_args()
+    print(f"machine: {machine()}")
     with scratch_dir(), open(os.devnull, "w") as devnull:
         for name, case in CASES.items():
-            iterations = case[2]
+            if args.case not in name:
+                continue
             with contextlib.redirect_stdout(devnull):  # Kiln's log lines
                 times = alternate(
                     {
                         "plain": lambda case=case: plain_loop(*case),
                         "kiln": lambda case=case: kiln_loop(*case),
+                        "kiln, fused: false": lambda case=case: kiln_loop(*case, fused=False),
                     },
-                    repeats,
+                    args.repeats,
+                    warmup=True,
                 )
-            plain, kiln = median(times["plain"]), median(times["kiln"])
-            print(
-                f"{name:20s} {iterations} iterations: plain {plain:.3f} s ({plain / iterations * 1e6:.0f} us/step), "
-                f"kiln {kiln:.3f} s ({kiln / iterations * 1e6:.0f} us/step), ratio kiln/plain {kiln / plain:.3f} "
-                f"(medians of {repeats} alternating runs)"
-            )
+            report(name, case[2], times)
 
 
 if __name__ == "__main__":

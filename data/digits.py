@@ -62,10 +62,10 @@ class Digits(Dataset):
 
     def get_batch(self, indices: torch.Tensor, seeds: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """A whole batch in one gather: ((B, 1, 8, 8) images, (B,) labels)."""
-        images = self.images[indices]
+        images = self.images.index_select(0, indices)
         if self.augment and self.max_shift > 0:
             images = random_shift(images, seeds(), self.max_shift, fill=self.background)
-        return images, self.labels[indices]
+        return images, self.labels.index_select(0, indices)
 
 
 def random_shift(images: torch.Tensor, seeds: torch.Tensor, max_shift: int, fill: float = 0.0) -> torch.Tensor:

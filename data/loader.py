@@ -40,7 +40,7 @@ class BatchFetcher(Dataset):
         if get_batch is not None:
             return get_batch(indices, lambda: sample_seeds(self.seed, epoch, indices))
         if isinstance(self.dataset, TensorDataset):  # a user's tensors: one index_select each
-            return tuple(tensor[indices] for tensor in self.dataset.tensors)
+            return tuple(tensor.index_select(0, indices) for tensor in self.dataset.tensors)
         seeds = sample_seeds(self.seed, epoch, indices)
         with isolated_rng():
             samples = []

@@ -61,10 +61,11 @@ class ResumableBatchSampler(Sampler):
         """The batch requests of the current epoch from the start position on."""
         epoch, order = self.epoch, self.epoch_order(self.epoch)
         for batch in range(self.start, self.batches_per_epoch):
-            global_batch = order[batch * self.batch_size : (batch + 1) * self.batch_size]
-            # tensor_split gives equal contiguous slices when the batch divides evenly, and
-            # never repeats a sample to fill a short last batch (validation counts each once).
-            local = torch.tensor_split(global_batch, self.world_size)[self.rank]
+            local = order[batch * self.batch_size : (batch + 1) * self.batch_size]
+            if self.world_size > 1:
+                # tensor_split gives equal contiguous slices when the batch divides evenly, and
+                # never repeats a sample to fill a short last batch (validation counts each once).
+                local = torch.tensor_split(local, self.world_size)[self.rank]
             # An empty share still yields (a zero-size batch) so that every rank runs the same
             # number of forwards: FSDP gathers parameters inside each one.
             if len(local) or self.world_size > 1:

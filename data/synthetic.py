@@ -41,4 +41,4 @@ class SyntheticImages(Dataset):
 
     def get_batch(self, indices: torch.Tensor, seeds: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """A whole batch in one gather: ((B, C, H, W) images, (B,) labels); nothing is random, so `seeds` is unused."""
-        return self.images[indices], self.labels[indices]
+        return self.images.index_select(0, indices), self.labels.index_select(0, indices)

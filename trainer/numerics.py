@@ -7,61 +7,59 @@ from typing import Literal
 import torch
 from torch import nn
 
-from trainer.errors import InputError, TrainingError
+from trainer.errors import InputError
 
 FIXES = "lower optimizer.lr, set train.grad_clip, or use amp bf16 instead of fp16"
 
 
 class NonFiniteGuard:
-    """Records, on the device, which steps had a non-finite loss (or, with skip, gradient).
+    """Finds non-finite losses (and, with skip, gradients) on the device, without host syncs.
 
-    `observe` runs every step and only queues a few tiny device ops; `check` reads the flags
-    back (one sync) and is called where the loop syncs anyway: before logging, validating and
-    saving. With `stop` the first bad step ends the run there, before anything new is written.
-    With `skip` the optimizer skips bad steps on the device, and more than `max_skipped` in a
-    row end the run the same way.
+    With `stop` nothing runs per step: the trainer keeps each step's loss in a device buffer
+    until it is logged, and `check` scans that buffer. With `skip` the optimizer skips bad steps
+    on the device and `observe` counts them with a few tiny device ops; more than `max_skipped`
+    in a row end the run. `check` reads back (one sync) and is called where the loop syncs
+    anyway: before logging, validating and saving, so nothing non-finite is logged or written.
     """
 
     def __init__(self, policy: Literal["stop", "skip"], max_skipped: int, device: torch.device) -> None:
         self.policy = policy
         self.max_skipped = max_skipped
         zero = torch.zeros((), dtype=torch.int64, device=device)
-        self.step = zero.clone()  # iterations completed, counted on the device
-        self.first_bad = zero - 1  # the first iteration with a non-finite value, or -1
         self.skipped = zero.clone()  # skipped steps since the last check
         self.run = zero.clone()  # the current run of skipped steps
         self.longest_run = zero.clone()  # the longest run since the last check
 
-    def start_at(self, iteration: int) -> None:
-        """Continue counting from `iteration` (after a resume)."""
-        self.step.fill_(iteration)
-
     def observe(self, bad: torch.Tensor) -> None:
-        """Record one step; `bad` is a bool tensor on the device."""
-        self.step += 1
-        self.first_bad = torch.where((self.first_bad < 0) & bad, self.step, self.first_bad)
-        if self.policy == "skip":
-            self.skipped += bad
-            self.run = (self.run + 1) * bad
-            self.longest_run = torch.maximum(self.longest_run, self.run)
+        """Count one step of the skip policy; `bad` is a bool tensor on the device."""
+        self.skipped += bad
+        self.run = (self.run + 1) * bad
+        self.longest_run = torch.maximum(self.longest_run, self.run)
 
-    def check(self) -> str | None:
-        """Raise TrainingError if the run must stop; return a note about skipped steps, if any."""
-        first_bad, skipped, longest = torch.stack([self.first_bad, self.skipped, self.longest_run]).tolist()
-        if self.policy == "stop" and first_bad >= 0:
-            raise TrainingError(
-                f"non-finite loss or gradient at iteration {first_bad} (train.nan_policy stop); nothing after the "
-                f"last checkpoint was saved and earlier checkpoints are intact: {FIXES}, then resume"
-            )
-        if self.policy == "skip" and longest > self.max_skipped:
-            raise TrainingError(
-                f"{longest} steps in a row had a non-finite loss or gradient (train.max_skipped {self.max_skipped}); "
-                f"the run stopped before saving: {FIXES}, then resume from the last checkpoint"
-            )
+    def check(self, recent_losses: torch.Tensor, iteration: int) -> tuple[str | None, str | None]:
+        """(why the run must stop, or None; a note about skipped steps, or None).
+
+        `recent_losses` are the losses of the steps up to and including `iteration`.
+        """
+        if self.policy == "stop":
+            bad = ~torch.isfinite(recent_losses)
+            first = int(torch.where(bad.any(), bad.int().argmax(), -1)) if len(bad) else -1
+            if first < 0:
+                return None, None
+            return (
+                f"non-finite loss or gradient at iteration {iteration - len(bad) + 1 + first} (train.nan_policy "
+                f"stop); nothing after the last checkpoint was saved and earlier checkpoints are intact: {FIXES}, "
+                "then resume"
+            ), None
+        skipped, longest = torch.stack([self.skipped, self.longest_run]).tolist()
         self.skipped.zero_()
         self.longest_run.copy_(self.run)
-        self.first_bad.fill_(-1)
-        return f"skipped {skipped} steps with a non-finite loss or gradient" if skipped else None
+        if longest > self.max_skipped:
+            return (
+                f"{longest} steps in a row had a non-finite loss or gradient (train.max_skipped {self.max_skipped}); "
+                f"the run stopped before saving: {FIXES}, then resume from the last checkpoint"
+            ), None
+        return None, f"skipped {skipped} steps with a non-finite loss or gradient" if skipped else None
 
 
 def weights_are_finite(model: nn.Module) -> bool:

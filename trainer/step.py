@@ -28,9 +28,9 @@ class OptimizerStep:
 
     The loss of each micro-batch is divided by the number of micro-batches, so the gradient is
     that of their mean. Under DDP only the last micro-batch synchronises gradients. With
-    amp fp16 a GradScaler scales the loss; gradients are unscaled before clipping. A
-    non-finite loss (or, with nan_policy skip, gradient) is recorded by the NonFiniteGuard on the
-    device. Nothing here reads a value back to the host (GradScaler itself checks for inf/NaN on
+    amp fp16 a GradScaler scales the loss; gradients are unscaled before clipping. With
+    nan_policy skip a step with a non-finite loss or gradient is skipped on the device and
+    counted by the NonFiniteGuard. Nothing here reads a value back to the host (GradScaler itself checks for inf/NaN on
     fp16 steps with non-fused optimizers).
     """
 
@@ -79,16 +79,15 @@ class OptimizerStep:
         if self.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             grad_norm = nn.utils.clip_grad_norm_(self._parameters, self.grad_clip)
-        bad = ~torch.isfinite(total)
         if self.skip_bad_steps:
             if grad_norm is None:
                 grad_norm = nn.utils.get_total_norm([p.grad for p in self._parameters if p.grad is not None])
-            bad = bad | ~torch.isfinite(grad_norm)
+            bad = ~torch.isfinite(total) | ~torch.isfinite(grad_norm)
             step_unless(self.optimizer, bad)
-        else:
+            self.guard.observe(bad)
+        else:  # nan_policy stop: the trainer scans the returned losses when it next reads them
             self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.guard.observe(bad)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scheduler is not None:
             self.scheduler.step()

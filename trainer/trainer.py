@@ -75,8 +75,9 @@ class Trainer:
         self.position = 0  # batches of the current epoch already trained on
         self.best_metrics: dict[str, float] = {}
         self._batches = None  # the live iterator over the current epoch
-        self._loss_sum = torch.zeros((), device=self.device)  # summed on device, read when logging
-        self._loss_steps = 0
+        # Each step's loss stays on the device until the next log reads them all (and the
+        # non-finite check scans them): no host sync, no device op per step.
+        self._losses: list[torch.Tensor] = []
         self._config_changes: list[str] = []
         self._skipped_checkpoints: list[str] = []
 
@@ -207,7 +208,6 @@ class Trainer:
         self.position = state["position"]
         self.best_metrics = dict(state[KEY_BEST])
         self._batches = None
-        self.guard.start_at(self.iteration)
         if state.get("scaler"):
             self.step.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state.get("ema") is not None:
@@ -378,8 +378,7 @@ class Trainer:
 
     def _train_step(self) -> None:
         """One optimizer step. Nothing here reads a value back from the device."""
-        self._loss_sum += self.step(self._micro_batches())
-        self._loss_steps += 1
+        self._losses.append(self.step(self._micro_batches()))  # at most logging.interval: each log empties it
 
     def _after_step(self) -> bool:
         """Log, validate and save as the schedule says; return whether a checkpoint was saved.
@@ -403,24 +402,37 @@ class Trainer:
         return due_save
 
     def _check_numerics(self, weights_too: bool) -> None:
-        """Stop before logging or saving anything non-finite (train.nan_policy); note skipped steps."""
-        note = self.guard.check()
+        """Stop before logging or saving anything non-finite (train.nan_policy); note skipped steps.
+
+        Every rank takes part, so that all of them stop at the same iteration under torchrun.
+        """
+        failure, note = self.guard.check(self._recent_losses(), self.iteration)
         if note:
             self.logger.info(f"iteration {self.iteration}: {note}")
-        if weights_too and not self.dist.any(not weights_are_finite(self.model), self.device):
-            return
-        if weights_too:
-            raise TrainingError(
+        if failure is None and weights_too and not weights_are_finite(self.model):
+            failure = (
                 f"the weights became non-finite by iteration {self.iteration}; nothing from this iteration was "
                 f"saved and earlier checkpoints are intact: {FIXES}, then resume"
             )
+        if self.dist.any(failure is not None, self.device):
+            raise TrainingError(failure or f"another rank found a non-finite value by iteration {self.iteration}")
+
+    def _recent_losses(self) -> torch.Tensor:
+        """The losses of the steps since the last log, as one float32 tensor on the device."""
+        if not self._losses:
+            return torch.zeros(0, device=self.device)
+        return torch.stack(self._losses).float()
 
     def _log_training(self) -> None:
-        """Read the loss summed on the device (the one sync per logging interval) and log it."""
-        mean_loss = self.dist.all_reduce_sum(self._loss_sum / max(self._loss_steps, 1)) / self.dist.world_size
-        loss = mean_loss.item()
-        self._loss_sum.zero_()
-        self._loss_steps = 0
+        """Read the losses kept on the device (the one sync per logging interval) and log their mean.
+
+        Steps that nan_policy skip skipped are left out of the mean.
+        """
+        losses = self._recent_losses()
+        finite = torch.isfinite(losses)
+        mean_loss = torch.where(finite, losses, 0).sum() / finite.sum()
+        loss = (self.dist.all_reduce_sum(mean_loss) / self.dist.world_size).item()
+        self._losses.clear()
         lr = self.optimizer.param_groups[0]["lr"]
         self.logger.log_training(iteration=self.iteration, epoch=self.epoch, loss=loss, lr=lr)
 
