@@ -144,6 +144,40 @@ def test_a_failing_rank_stops_the_whole_job_with_its_error(workdir):
     assert "rank 1 lost its GPU (injected fault)" in result.stdout + result.stderr
 
 
+RANK_ONE_NAN = """
+import os
+
+import torch
+
+
+class RankOneNaN(torch.nn.CrossEntropyLoss):
+    \"\"\"Cross-entropy that is NaN on rank 1's tenth training step only.\"\"\"
+
+    calls = 0
+
+    def forward(self, output, target):
+        loss = super().forward(output, target)
+        if self.training:
+            RankOneNaN.calls += 1
+            if os.environ.get("RANK") == "1" and RankOneNaN.calls == 10:
+                return loss * float("nan")
+        return loss
+"""
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_the_same_check(workdir):
+    # Iteration 10 is a logging check only (no save or validation, so no weights check): rank 0
+    # saw nothing wrong itself and must stop because rank 1 did, instead of waiting in the
+    # loss all-reduce for a rank that has left (a hang until the collective timeout).
+    (workdir / "rank_one_nan.py").write_text(RANK_ONE_NAN)
+    document = dict(MLP_RUN, loss={"type": "rank_one_nan.RankOneNaN"})
+    result = torchrun(workdir, "-c", str(write_config(workdir / "mlp.yaml", document)), timeout=120)
+    assert result.returncode != 0
+    assert "error: non-finite loss or gradient at iteration 10 (train.nan_policy stop)" in result.stderr
+    assert "error: another rank found a non-finite value by iteration 10" in result.stderr
+    assert not list((workdir / "weights").glob("mlp_iter_*"))  # the first save (15) never ran
+
+
 def test_elastic_restart_resumes_from_the_newest_checkpoint_and_matches(two_process_reference, workdir):
     config = _flaky_config(workdir, at=40, condition="not marker.exists()")
     result = torchrun(workdir, "-c", str(config), "resume_path=auto", extra=("--max-restarts=1",))
