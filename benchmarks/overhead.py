@@ -79,6 +79,21 @@ def kiln_loop(model_type: str, kwargs: dict, iterations: int, batch: int, **opti
         trainer.close()
 
 
+SIDES = {
+    "plain": plain_loop,
+    "kiln": kiln_loop,
+    "kiln, fused: false": lambda *case: kiln_loop(*case, fused=False),
+}
+
+
+def run_once(side: str, case_name: str, iterations: int | None) -> None:
+    """Run one side of the one case whose name contains `case_name`, in a scratch directory."""
+    (name,) = [name for name in CASES if case_name in name]
+    model_type, kwargs, default_iterations, batch = CASES[name]
+    with scratch_dir(), contextlib.redirect_stdout(open(os.devnull, "w")):
+        SIDES[side](model_type, kwargs, iterations or default_iterations, batch)
+
+
 def report(name: str, iterations: int, times: dict[str, list[float]]) -> None:
     """Print each side's median, and each Kiln side against the plain loop."""
     plain = median(times["plain"])
@@ -98,22 +113,20 @@ def main() -> None:
     """Run the sides of each case alternately and print the medians and ratios."""
     parser = benchmark_parser(__doc__, repeats=9)
     parser.add_argument("--case", default="", help="run only the cases whose name contains this text")
+    parser.add_argument("--once", choices=SIDES, help="run this side of the --case once, untimed (for instructions.py)")
+    parser.add_argument("--iterations", type=int, help="with --once: iterations instead of the case's own")
     args = parser.parse_args()
+    if args.once:
+        run_once(args.once, args.case, args.iterations)
+        return
     print(f"machine: {machine()}")
     with scratch_dir(), open(os.devnull, "w") as devnull:
         for name, case in CASES.items():
             if args.case not in name:
                 continue
             with contextlib.redirect_stdout(devnull):  # Kiln's log lines
-                times = alternate(
-                    {
-                        "plain": lambda case=case: plain_loop(*case),
-                        "kiln": lambda case=case: kiln_loop(*case),
-                        "kiln, fused: false": lambda case=case: kiln_loop(*case, fused=False),
-                    },
-                    args.repeats,
-                    warmup=True,
-                )
+                sides = {side: lambda side=side, case=case: SIDES[side](*case) for side in SIDES}
+                times = alternate(sides, args.repeats, warmup=True)
             report(name, case[2], times)
 
 

@@ -15,8 +15,8 @@ FIXES = "lower optimizer.lr, set train.grad_clip, or use amp bf16 instead of fp1
 class NonFiniteGuard:
     """Finds non-finite losses (and, with skip, gradients) on the device, without host syncs.
 
-    With `stop` nothing runs per step: the trainer keeps each step's loss in a device buffer
-    until it is logged, and `check` scans that buffer. With `skip` the optimizer skips bad steps
+    With `stop` nothing runs per step: the trainer keeps each step's loss on the device until
+    it is logged, and `check` scans those losses. With `skip` the optimizer skips bad steps
     on the device and `observe` counts them with a few tiny device ops; more than `max_skipped`
     in a row end the run. `check` reads back (one sync) and is called where the loop syncs
     anyway: before logging, validating and saving, so nothing non-finite is logged or written.

@@ -13,13 +13,10 @@ from trainer.registry import OPTIMIZERS, build
 
 # Keys that pick how an optimizer computes its step, not what it computes.
 IMPLEMENTATION_KEYS = ("fused", "foreach")
-# Keys under which torch.optim refuses fused kernels.
-_FUSED_CONFLICTS = ("foreach", "differentiable")
-
-
-def _fused_by_default() -> tuple[type, ...]:
-    """torch.optim classes whose fused kernels run on CPU and CUDA in every torch Kiln supports."""
-    return (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
+# Config keys that leave the choice to the user (or that torch.optim refuses fused kernels with).
+_NOT_DEFAULTED_WITH = ("fused", "foreach", "differentiable")
+# torch.optim classes whose fused kernels run on CPU and CUDA in every torch Kiln supports.
+FUSED_BY_DEFAULT = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
 
 
 def build_optimizer(spec: Component, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
@@ -36,7 +33,7 @@ def build_optimizer(spec: Component, model: nn.Module, device: torch.device) -> 
 
 def _can_default_to_fused(spec: Component, parameters: Iterable[torch.Tensor], device: torch.device) -> bool:
     """Whether `spec` names a torch optimizer with fused kernels for these parameters and no say of its own."""
-    if "fused" in spec.kwargs or any(key in spec.kwargs for key in _FUSED_CONFLICTS):
+    if any(key in spec.kwargs for key in _NOT_DEFAULTED_WITH):
         return False
     if device.type not in ("cpu", "cuda"):
         return False
@@ -44,7 +41,7 @@ def _can_default_to_fused(spec: Component, parameters: Iterable[torch.Tensor], d
         target = OPTIMIZERS.get(spec.type)
     except InputError:  # an unknown type: build() reports it with the config key
         return False
-    return target in _fused_by_default() and all(p.is_floating_point() for p in parameters)
+    return target in FUSED_BY_DEFAULT and all(p.is_floating_point() for p in parameters)
 
 
 def load_keeping_implementation(optimizer: torch.optim.Optimizer, load: Callable[[], None]) -> None:

@@ -30,8 +30,8 @@ class OptimizerStep:
     that of their mean. Under DDP only the last micro-batch synchronises gradients. With
     amp fp16 a GradScaler scales the loss; gradients are unscaled before clipping. With
     nan_policy skip a step with a non-finite loss or gradient is skipped on the device and
-    counted by the NonFiniteGuard. Nothing here reads a value back to the host (GradScaler itself checks for inf/NaN on
-    fp16 steps with non-fused optimizers).
+    counted by the NonFiniteGuard. Nothing here reads a value back to the host (GradScaler
+    itself checks for inf/NaN on fp16 steps with non-fused optimizers).
     """
 
     def __init__(
