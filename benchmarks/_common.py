@@ -47,6 +47,30 @@ def paired_ratios(numerator: list[float], denominator: list[float]) -> tuple[flo
     return statistics.median(ratios), lower, upper
 
 
+def pin_malloc_thresholds() -> bool:
+    """Fix glibc malloc's mmap and trim thresholds for this process; return whether it could.
+
+    glibc adapts both thresholds to the history of allocations, so one and the same loop can
+    take 8 thousand or 500 thousand page faults (and a third of its time in the kernel)
+    depending on what ran before it in the process. Pinned, every side of a comparison gets
+    the same allocator behaviour. See docs/performance.md ("The allocator").
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to pin
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    limit = 1 << 30
+    return bool(mallopt(m_mmap_threshold, limit)) and bool(mallopt(m_trim_threshold, limit))
+
+
 def median(values: list[float]) -> float:
     """The median of `values`."""
     return statistics.median(values)

@@ -6,7 +6,9 @@ default logging (a line and TensorBoard scalars every 50 iterations), no validat
 checkpoint (both formats, fsynced) at the end; the plain loop saves its final weights with
 torch.save. Both sides include building the data and the model, and each side runs once untimed first. A third side runs Kiln with
 `optimizer.fused: false`, PyTorch's own per-tensor AdamW kernels, to show how much of the
-difference is the fused optimizer and how much is the loop and its batched fetching.
+difference is the fused optimizer and how much is the loop and its batched fetching. glibc's
+malloc thresholds are pinned for the whole process (both sides alike): left adaptive, they
+made page faults, not the loops, the largest difference between runs.
 
     python benchmarks/overhead.py [--repeats 9] [--case MLP]
 """
@@ -18,7 +20,7 @@ import os
 
 import torch
 import torch.nn.functional as F
-from _common import alternate, benchmark_parser, machine, median, paired_ratios, scratch_dir
+from _common import alternate, benchmark_parser, machine, median, paired_ratios, pin_malloc_thresholds, scratch_dir
 from torch.utils.data import DataLoader, TensorDataset
 
 from data.digits import Digits
@@ -116,10 +118,11 @@ def main() -> None:
     parser.add_argument("--once", choices=SIDES, help="run this side of the --case once, untimed (for instructions.py)")
     parser.add_argument("--iterations", type=int, help="with --once: iterations instead of the case's own")
     args = parser.parse_args()
+    pinned = pin_malloc_thresholds()
     if args.once:
         run_once(args.once, args.case, args.iterations)
         return
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}; glibc malloc thresholds {'pinned' if pinned else 'not pinned (not glibc)'}")
     with scratch_dir(), open(os.devnull, "w") as devnull:
         for name, case in CASES.items():
             if args.case not in name:
