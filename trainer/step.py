@@ -88,12 +88,22 @@ class OptimizerStep:
         else:  # nan_policy stop: the trainer scans the returned losses when it next reads them
             self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        self._clear_gradients()
         if self.scheduler is not None:
             self.scheduler.step()
         if self.ema is not None:
             self.ema.update_parameters(self.raw_model)
         return total
+
+    def _clear_gradients(self) -> None:
+        """optimizer.zero_grad(set_to_none=True), without its per-call profiler record when it is torch's own."""
+        if type(self.optimizer).zero_grad is not torch.optim.Optimizer.zero_grad:
+            self.optimizer.zero_grad(set_to_none=True)  # an optimizer with its own: respect it
+            return
+        # What torch's zero_grad does with set_to_none; calling it costs ~6 us a step in
+        # record_function bookkeeping, 3% of a tiny model's whole step.
+        for parameter in self._parameters:
+            parameter.grad = None
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         """autocast on the model's device with the configured dtype, or nothing."""

@@ -8,8 +8,10 @@ from torch import nn
 
 from tests.conftest import tiny_config, write_config
 from tests.helpers import train_in_process
-from trainer.config import Component, load_config
+from trainer.config import Component, TrainConfig, load_config
+from trainer.numerics import NonFiniteGuard
 from trainer.optim import build_optimizer, load_keeping_implementation
+from trainer.step import OptimizerStep
 from trainer.trainer import Trainer
 
 CPU = torch.device("cpu")
@@ -83,3 +85,37 @@ def test_resuming_a_run_saved_with_fused_false_uses_the_resumed_configs_kernels(
         assert trainer.fit() == 0
     finally:
         trainer.close()
+
+
+class CountsZeroGrad(torch.optim.SGD):
+    """An optimizer with its own zero_grad, as user optimizers may have."""
+
+    calls = 0
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        type(self).calls += 1
+        super().zero_grad(set_to_none)
+
+
+@pytest.mark.parametrize("optimizer_class", [torch.optim.AdamW, CountsZeroGrad])
+def test_each_step_clears_the_gradients_and_an_optimizers_own_zero_grad_is_used(optimizer_class):
+    model = _model()
+    optimizer = optimizer_class(model.parameters(), lr=0.1)
+    step = OptimizerStep(
+        model=model,
+        raw_model=model,
+        loss_fn=nn.CrossEntropyLoss(),
+        optimizer=optimizer,
+        scheduler=None,
+        ema=None,
+        guard=NonFiniteGuard("stop", 0, CPU),
+        config=TrainConfig(total_iters=2),
+        device=CPU,
+    )
+    CountsZeroGrad.calls = 0
+    batch = (torch.randn(4, 8), torch.tensor([0, 1, 2, 0]))
+    before = [p.detach().clone() for p in model.parameters()]
+    step([batch])
+    assert all(p.grad is None for p in model.parameters())
+    assert any(not torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))  # it did step
+    assert CountsZeroGrad.calls == (1 if optimizer_class is CountsZeroGrad else 0)
