@@ -140,6 +140,19 @@ def test_sigkill_at_a_seeded_moment_then_resume_auto_matches(reference, workdir,
     assert_bitwise_equal(load_params(workdir / "weights" / "tiny_iter_60.pth"), reference)
 
 
+def test_tensorboard_curves_survive_a_sigkill_up_to_the_last_save(workdir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = _prepare(workdir)
+    # Killed at the start of step 36: saves at 10, 20 and 30 came before it.
+    killed = run_train(workdir, "-c", str(config), env={"KILN_FAULT_PHASE": "step", "KILN_FAULT_AT": "36"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-500:]
+    events = EventAccumulator(str(workdir / "experiments" / "tiny"))
+    events.Reload()
+    assert [event.step for event in events.Scalars("train/loss")][:6] == [5, 10, 15, 20, 25, 30]
+    assert [event.step for event in events.Scalars("val/accuracy")] == [20]
+
+
 def test_sigterm_during_a_save_finishes_the_file_then_stops(reference, workdir):
     config = _prepare(workdir)
     env = {"KILN_FAULT_PHASE": "save", "KILN_FAULT_AT": "5", "KILN_FAULT_SIGNAL": "SIGTERM"}

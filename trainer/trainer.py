@@ -473,8 +473,12 @@ class Trainer:
         )
 
     def _save_iteration(self) -> None:
-        """Write <name>_iter_<N>.pt and .pth (old ones are pruned once they are complete)."""
+        """Write <name>_iter_<N>.pt and .pth (old ones are pruned once they are complete).
+
+        The TensorBoard curves are flushed too, so a run killed later keeps them up to here.
+        """
         self._save(f"iter_{self.iteration}")
+        self.logger.flush()
 
     def _save(self, tag: str, on_written: Callable[[Path], Any] | None = None) -> None:
         """Every rank builds the checkpoint (the RNG states are gathered); rank 0 writes it."""
