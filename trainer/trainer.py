@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,25 +13,29 @@ from torch import nn
 from trainer import distributed
 from trainer.checkpoint import (
     KEY_BEST,
-    KEY_CONFIG,
     KEY_EPOCH,
     KEY_ITERATION,
     KEY_MODEL,
-    KEY_OPTIMIZER,
-    KEY_SCHEDULER,
     CheckpointManager,
     clean_state_dict,
-    load_model_state,
     make_checkpoint,
 )
-from trainer.config import Component, Config, config_changes, dump_config
+from trainer.config import Component, Config, dump_config
 from trainer.environment import check_output_dirs, configure_backends, import_plugins, resolve_device, wants_cuda
 from trainer.errors import InputError, TrainingError
 from trainer.evaluation import evaluate
-from trainer.logger import Logger, archive_log_dir
+from trainer.logger import Logger
 from trainer.numerics import FIXES, NonFiniteGuard, weights_are_finite
-from trainer.optim import build_optimizer, load_keeping_implementation
+from trainer.optim import build_optimizer
 from trainer.registry import DATASETS, LOSSES, METRICS, MODELS, REPORTERS, SCHEDULERS, build
+from trainer.restore import (
+    archive_previous_run,
+    changes_since,
+    find_checkpoint,
+    load_pretrained,
+    restore_components,
+    resume_notes,
+)
 from trainer.signals import StopSignals
 from trainer.step import OptimizerStep, build_ema
 from utils.seed import get_rng_state, seed_everything, set_rng_state
@@ -79,14 +82,16 @@ class Trainer:
         # non-finite check scans them): no host sync, no device op per step.
         self._losses: list[torch.Tensor] = []
         self._config_changes: list[str] = []
-        self._skipped_checkpoints: list[str] = []
 
         # Everything that can reject an input file runs before anything is moved or written.
-        resume_path, checkpoint = self._find_checkpoint()
-        notes = self._resume(checkpoint, resume_path) if checkpoint else self._load_pretrained()
+        resume_path, checkpoint, skipped = find_checkpoint(config.resume_path, self.checkpoints)
+        if checkpoint is not None:
+            notes = self._resume(checkpoint, resume_path)
+        else:
+            notes = load_pretrained(self.model, config, self.checkpoints)
         self.dist.barrier()  # every rank has read what it needs before rank 0 moves files
         if checkpoint is None and self.dist.is_main:
-            notes = self._archive_previous_run() + notes
+            notes = archive_previous_run(config, self.checkpoints) + notes
         self.logger = Logger(
             Path(config.logging.dir) / config.name,
             config.logging,
@@ -94,7 +99,7 @@ class Trainer:
             start_iteration=self.iteration,
             enabled=self.dist.is_main,
         )
-        for note in self._skipped_checkpoints + notes:
+        for note in skipped + notes:
             self.logger.info(note)
         if checkpoint is None:
             self.logger.save_text("config.yaml", dump_config(config))
@@ -231,89 +236,22 @@ class Trainer:
         """`model`'s whole state dict with clean keys (under FSDP gathered: every rank calls it)."""
         return clean_state_dict(distributed.model_state(model))
 
-    # -- resume, pretrain, archive ----------------------------------------------------------
-
-    def _find_checkpoint(self) -> tuple[Path | None, dict[str, Any] | None]:
-        """The checkpoint to resume from: resume_path, or for `auto` the newest one that loads."""
-        if self.config.resume_path is None:
-            return None, None
-        if self.config.resume_path != "auto":
-            path = Path(self.config.resume_path)
-            return path, self.checkpoints.load_checkpoint(path)
-        for _, path in reversed(self.checkpoints.iteration_checkpoints()):
-            try:
-                return path, self.checkpoints.load_checkpoint(path)
-            except InputError as error:  # damaged on disk after it was written: try the one before
-                self._skipped_checkpoints.append(f"resume_path auto skipped {error}")
-        return None, None
+    # -- resume ---------------------------------------------------------------------------
 
     def _resume(self, checkpoint: dict[str, Any], path: Path) -> list[str]:
         """Restore model, optimizer, scheduler and loop state from a full checkpoint; return log notes."""
-        load_model_state(
-            self.model,
-            checkpoint[KEY_MODEL],
-            strict=True,
-            source=f"resume_path {path}",
-            fix="resume with the model config the run was started with (pretrain_path takes weights into another model)",
+        restore_components(
+            checkpoint,
+            path,
+            config=self.config,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            sharded=self.sharded,
         )
-        saved_optimizer = checkpoint[KEY_CONFIG].get("optimizer", {}).get("type")
-        if saved_optimizer != self.config.optimizer.type:
-            raise InputError(
-                f"resume_path {path} was trained with optimizer {saved_optimizer}, the config asks for "
-                f"{self.config.optimizer.type}; resume with {saved_optimizer}, or start a new run from these "
-                "weights with pretrain_path"
-            )
-        try:
-            if distributed.keyed_by_name(checkpoint[KEY_OPTIMIZER]) != self.sharded:
-                raise ValueError("it was saved with another train.strategy (fsdp keys the state by name)")
-            load_keeping_implementation(
-                self.optimizer,
-                lambda: distributed.load_optimizer_state(self.model, self.optimizer, checkpoint[KEY_OPTIMIZER]),
-            )
-            if self.scheduler is not None and checkpoint[KEY_SCHEDULER] is not None:
-                self.scheduler.load_state_dict(checkpoint[KEY_SCHEDULER])
-        except (ValueError, KeyError) as error:
-            raise InputError(
-                f"resume_path {path}: its optimizer/scheduler state does not fit this config ({error}); "
-                "resume with the optimizer the run was started with"
-            ) from None
         self.load_state_dict(checkpoint)
-        self._config_changes = [
-            change
-            for change in config_changes(checkpoint[KEY_CONFIG], self.config.to_dict())
-            if not change.startswith("resume_path:")  # how a run is resumed is not a change to it
-        ]
-        notes = [f"resumed from {path} at iteration {self.iteration} (epoch {self.epoch})"]
-        if self._config_changes:
-            notes.append(
-                "config changed since the checkpoint: " + "; ".join(self._config_changes) + " (optimizer and "
-                "scheduler settings, such as lr and T_max, keep their checkpointed values)"
-            )
-        return notes
-
-    def _load_pretrained(self) -> list[str]:
-        """Load model weights from `pretrain_path` (fresh optimizer, iteration 0); return log notes."""
-        config = self.config
-        if not config.pretrain_path:
-            return []
-        state = self.checkpoints.load_weights(config.pretrain_path, config.pretrain_key, config.pretrain_revise_keys)
-        report = load_model_state(self.model, state, strict=config.strict_load, source=f"pretrain_path {config.pretrain_path}")
-        message = f"loaded pretrained weights from {config.pretrain_path}"
-        return [f"{message}; not loaded: {report.describe()}" if report else message]
-
-    def _archive_previous_run(self) -> list[str]:
-        """A fresh run never overwrites an earlier run's files: move them aside (BasicSR's habit)."""
-        stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S")
-        notes = []
-        moved_logs = archive_log_dir(Path(self.config.logging.dir) / self.config.name, stamp)
-        if moved_logs:
-            notes.append(f"an earlier run's logs were moved to {moved_logs}")
-        moved_weights = self.checkpoints.archive_existing(stamp)
-        if moved_weights:
-            notes.append(f"an earlier run's weights were moved to {moved_weights}")
-        if self.config.resume_path == "auto":
-            notes.append(f"resume_path auto: no checkpoint of {self.config.name} in {self.checkpoints.directory}, starting fresh")
-        return notes
+        self._config_changes = changes_since(checkpoint, self.config)
+        return resume_notes(path, self.iteration, self.epoch, self._config_changes)
 
     # -- the loop ---------------------------------------------------------------------------
 
