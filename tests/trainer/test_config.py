@@ -24,13 +24,11 @@ from trainer.config import (
     MetricSpec,
     TrainConfig,
     ValConfig,
-    apply_override,
     config_from_dict,
     dump_config,
     load_config,
-    merge,
-    parse_yaml,
 )
+from trainer.config_files import apply_override, merge, parse_yaml
 from trainer.errors import InputError
 
 # ---------------------------------------------------------------------------------------------

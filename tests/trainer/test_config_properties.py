@@ -22,7 +22,8 @@ from hypothesis import HealthCheck, currently_in_test_context, event, given, set
 from hypothesis import strategies as st
 
 from tests.conftest import tiny_config, write_config
-from trainer.config import Component, Config, MetricSpec, config_from_dict, load_config, parse_yaml
+from trainer.config import Component, Config, MetricSpec, config_from_dict, load_config
+from trainer.config_files import parse_yaml
 from trainer.errors import InputError
 
 PROPERTY_SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
