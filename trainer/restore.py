@@ -28,7 +28,8 @@ def find_checkpoint(
     if resume_path is None:
         return None, None, []
     if resume_path != "auto":
-        return Path(resume_path), checkpoints.load_checkpoint(Path(resume_path)), []
+        path = Path(resume_path)
+        return path, checkpoints.load_checkpoint(path), []
     skipped = []
     for _, path in reversed(checkpoints.iteration_checkpoints()):
         try:

@@ -81,12 +81,12 @@ class Trainer:
         # Each step's loss stays on the device until the next log reads them all (and the
         # non-finite check scans them): no host sync, no device op per step.
         self._losses: list[torch.Tensor] = []
-        self._config_changes: list[str] = []
 
         # Everything that can reject an input file runs before anything is moved or written.
         resume_path, checkpoint, skipped = find_checkpoint(config.resume_path, self.checkpoints)
+        changes = changes_since(checkpoint, config) if checkpoint is not None else []
         if checkpoint is not None:
-            notes = self._resume(checkpoint, resume_path)
+            notes = self._resume(checkpoint, resume_path, changes)
         else:
             notes = load_pretrained(self.model, config, self.checkpoints)
         self.dist.barrier()  # every rank has read what it needs before rank 0 moves files
@@ -103,7 +103,7 @@ class Trainer:
             self.logger.info(note)
         if checkpoint is None:
             self.logger.save_text("config.yaml", dump_config(config))
-        elif self._config_changes:
+        elif changes:
             self.logger.save_text(f"config_resumed_iter_{self.iteration}.yaml", dump_config(config))
 
     # -- building ---------------------------------------------------------------------------
@@ -238,8 +238,9 @@ class Trainer:
 
     # -- resume ---------------------------------------------------------------------------
 
-    def _resume(self, checkpoint: dict[str, Any], path: Path) -> list[str]:
-        """Restore model, optimizer, scheduler and loop state from a full checkpoint; return log notes."""
+    def _resume(self, checkpoint: dict[str, Any], path: Path, changes: list[str]) -> list[str]:
+        """Restore model, optimizer, scheduler and loop state from a full checkpoint; return log notes
+        (`changes`: how the config differs from the checkpoint's)."""
         restore_components(
             checkpoint,
             path,
@@ -250,8 +251,7 @@ class Trainer:
             sharded=self.sharded,
         )
         self.load_state_dict(checkpoint)
-        self._config_changes = changes_since(checkpoint, self.config)
-        return resume_notes(path, self.iteration, self.epoch, self._config_changes)
+        return resume_notes(path, self.iteration, self.epoch, changes)
 
     # -- the loop ---------------------------------------------------------------------------
 
