@@ -25,18 +25,19 @@ def main(argv: list[str] | None = None) -> int:
     from trainer import InputError, run
     from trainer.config import dump_config, load_config
     from trainer.errors import TrainingError
+    from utils import console
+    from utils.cli import EXIT_READER_GONE
 
     try:
         config = load_config(args.config, args.overrides)
         if args.print_config:
-            print(dump_config(config), end="")
-            return 0
+            return 0 if console.write(sys.stdout, dump_config(config)) else EXIT_READER_GONE  # as the tools do
         return run(config)
     except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
+        console.write(sys.stderr, f"error: {error}\n")  # a closed stderr must not turn exit 2 into a traceback
         return 2
     except TrainingError as error:
-        print(f"error: {error}", file=sys.stderr)
+        console.write(sys.stderr, f"error: {error}\n")
         return 1
 
 

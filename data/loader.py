@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,6 +11,10 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
 from data.sampler import ResumableBatchSampler
 from utils.seed import isolated_rng, sample_seeds, seed_sample
+
+
+class SampleError(Exception):
+    """A sample (or batch) the dataset failed to give: the message names it and the original error."""
 
 
 class BatchFetcher(Dataset):
@@ -38,7 +43,10 @@ class BatchFetcher(Dataset):
             return _empty_like(self[(epoch, torch.zeros(1, dtype=torch.int64))])
         get_batch = getattr(self.dataset, "get_batch", None)
         if get_batch is not None:
-            return get_batch(indices, lambda: sample_seeds(self.seed, epoch, indices))
+            try:
+                return get_batch(indices, lambda: sample_seeds(self.seed, epoch, indices))
+            except Exception as error:
+                raise SampleError(f"a batch of {self._name} ({_some(indices)}): {describe_error(error)}") from error
         if isinstance(self.dataset, TensorDataset):  # a user's tensors: one index_select each
             return tuple(tensor.index_select(0, indices) for tensor in self.dataset.tensors)
         seeds = sample_seeds(self.seed, epoch, indices)
@@ -46,8 +54,45 @@ class BatchFetcher(Dataset):
             samples = []
             for index, seed in zip(indices.tolist(), seeds.tolist(), strict=True):
                 seed_sample(seed)
-                samples.append(self.dataset[index])
+                try:
+                    samples.append(self.dataset[index])
+                except Exception as error:  # name the sample: a message rarely says which one it was
+                    raise SampleError(f"sample {index} of {self._name}: {describe_error(error)}") from error
         return default_collate(samples)
+
+    @property
+    def _name(self) -> str:
+        """The dataset's class name, for messages."""
+        return type(self.dataset).__name__
+
+
+def _some(indices: torch.Tensor, shown: int = 4) -> str:
+    """'samples 3, 17, 5, 9, ... (64 in all)'."""
+    values = indices.tolist()
+    more = f", ... ({len(values)} in all)" if len(values) > shown else ""
+    return "samples " + ", ".join(map(str, values[:shown])) + more
+
+
+# torch re-raises an error of a DataLoader worker with the worker's whole traceback as the
+# message (torch/utils/data/_utils/worker.py, ExceptionWrapper): its last exception line,
+# `module.Type: message`, is the original error.
+_WORKER_TRACEBACK = "Original Traceback (most recent call last):"
+_EXCEPTION_LINE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*): (?P<message>.*)$")
+
+
+def describe_error(error: BaseException) -> str:
+    """'Type: first line of the message' of `error`, also when a DataLoader worker raised it."""
+    text = str(error)
+    if _WORKER_TRACEBACK in text:
+        lines = text.split(_WORKER_TRACEBACK, 1)[1].splitlines()
+        found = [match for match in map(_EXCEPTION_LINE.match, lines) if match]
+        if found:
+            kind, message = found[-1]["type"].rsplit(".", 1)[-1], found[-1]["message"]
+            return message if kind == SampleError.__name__ else f"{kind}: {message}"
+    lines = text.strip().splitlines()
+    if isinstance(error, SampleError):
+        return lines[0]
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def _empty_like(batch: Any) -> Any:
@@ -78,6 +123,17 @@ class InProcessLoader:
     def __len__(self) -> int:
         """Batches left in the current epoch."""
         return len(self.sampler)
+
+
+def peek_batch(loader: DataLoader | InProcessLoader) -> Any:
+    """The loader's first batch of epoch 0, fetched in this process.
+
+    Neither the loader's iterator nor its sampler's position is touched, and the fetch draws
+    no global random number (BatchFetcher seeds each sample), so training goes on as if
+    nothing had been read.
+    """
+    fetcher = loader.fetcher if isinstance(loader, InProcessLoader) else loader.dataset
+    return fetcher[loader.sampler.first_request()]
 
 
 def build_loader(

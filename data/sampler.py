@@ -61,15 +61,24 @@ class ResumableBatchSampler(Sampler):
         """The batch requests of the current epoch from the start position on."""
         epoch, order = self.epoch, self.epoch_order(self.epoch)
         for batch in range(self.start, self.batches_per_epoch):
-            local = order[batch * self.batch_size : (batch + 1) * self.batch_size]
-            if self.world_size > 1:
-                # tensor_split gives equal contiguous slices when the batch divides evenly, and
-                # never repeats a sample to fill a short last batch (validation counts each once).
-                local = torch.tensor_split(local, self.world_size)[self.rank]
+            local = self._share(order, batch)
             # An empty share still yields (a zero-size batch) so that every rank runs the same
             # number of forwards: FSDP gathers parameters inside each one.
             if len(local) or self.world_size > 1:
                 yield epoch, local
+
+    def first_request(self) -> tuple[int, torch.Tensor]:
+        """The request of epoch 0's first batch (this rank's share), wherever the sampler stands."""
+        return 0, self._share(self.epoch_order(0), 0)
+
+    def _share(self, order: torch.Tensor, batch: int) -> torch.Tensor:
+        """This rank's sample indices of global batch number `batch` of an epoch's `order`."""
+        local = order[batch * self.batch_size : (batch + 1) * self.batch_size]
+        if self.world_size > 1:
+            # tensor_split gives equal contiguous slices when the batch divides evenly, and
+            # never repeats a sample to fill a short last batch (validation counts each once).
+            local = torch.tensor_split(local, self.world_size)[self.rank]
+        return local
 
     def __len__(self) -> int:
         """Batches left in the current epoch."""

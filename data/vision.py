@@ -222,5 +222,10 @@ class ImageFolder(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One image, transformed: ((C, H, W) image, int64 label)."""
-        return _sample(*self.dataset[index])
+        """One image, transformed: ((C, H, W) image, int64 label); an unreadable file is a ValueError naming it."""
+        try:
+            return _sample(*self.dataset[index])
+        except OSError as error:  # PIL's UnidentifiedImageError, a truncated file
+            path = self.dataset.samples[index][0]
+            reason = type(error).__name__
+            raise ValueError(f"cannot read image {path} ({reason}); remove it or replace it with a valid image") from None

@@ -116,6 +116,27 @@ def base_too_long(root: Path) -> list[str]:
     return ["-c", CONFIG]
 
 
+def config_is_a_directory(root: Path) -> list[str]:
+    (root / "configs").mkdir()
+    return ["-c", "configs/"]
+
+
+def base_is_a_directory(root: Path) -> list[str]:
+    (root / "bases").mkdir()
+    write_config(root / CONFIG, {"base": "bases", **tiny_config()})
+    return ["-c", CONFIG]
+
+
+def log_dir_is_a_file(root: Path) -> list[str]:
+    (root / "logs").mkdir()
+    (root / "logs" / "tiny").write_text("a file where the run's log directory should be\n")
+    return config("logging.dir=logs")(root)
+
+
+def weights_dir_as_resume_path(root: Path) -> list[str]:
+    return config("resume_path=weights")(root)
+
+
 def pretrain_text_file(root: Path) -> list[str]:
     (root / "notes.txt").write_text("these are not weights\n")
     return config("pretrain_path=notes.txt")(root)
@@ -155,6 +176,23 @@ def output_under_a_file(key: str) -> Setup:
         return config(f"{key}=afile/out")(root)
 
     return setup
+
+
+def corrupt_image_in_the_first_batch(root: Path) -> list[str]:
+    """An image folder of four 8x8 images, the third not an image: it is in the first batch (all
+    four), and not sample 0, which ImageFolder itself reads when it is built."""
+    from PIL import Image
+
+    for name in ("a/0.png", "a/1.png", "b/0.png", "b/1.png"):
+        (root / "images" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), color=(200, 30, 30)).save(root / "images" / name)
+    (root / "images/b/0.png").write_bytes(b"not an image")
+    document = tiny_config(
+        model={"type": "SimpleCNN", "num_classes": 2, "in_channels": 3, "width": 4},
+        data={"batch_size": 4, "train": {"type": "ImageFolder", "root": "images"}},
+    )
+    write_config(root / CONFIG, document)
+    return ["-c", CONFIG]
 
 
 def xfail(reason: str):
@@ -278,6 +316,16 @@ CASES = [
         id="checkpoint-dir-not-writable",
     ),
     pytest.param(
+        log_dir_is_a_file,
+        ["config key logging.dir: the run's log directory logs/tiny is a file, not a directory"],
+        id="log-dir-is-a-file",
+    ),
+    pytest.param(
+        weights_dir_as_resume_path,
+        ["resume_path weights is a directory, not a checkpoint file"],
+        id="resume-path-is-a-directory",
+    ),
+    pytest.param(
         output_under_a_file("logging.dir"),
         ["config key logging.dir: afile/out cannot be written because", "afile is a file, not a directory"],
         id="logging-dir-not-writable",
@@ -326,6 +374,59 @@ CASES = [
         config(device="cpu\n"),
         ["config key device"],
         id="device-with-a-trailing-line-break",
+    ),
+    pytest.param(
+        config_is_a_directory,
+        ["config file configs is a directory, not a YAML file; pass the path of a .yaml file"],
+        id="config-is-a-directory",
+    ),
+    pytest.param(
+        base_is_a_directory, [f"config key base in {CONFIG}: bases is a directory, not a YAML file"], id="base-is-a-directory"
+    ),
+    pytest.param(
+        config_text(yaml.safe_dump(tiny_config(), sort_keys=False) + "train:\n  amp: bf16\n"),
+        [f"{CONFIG}: key 'train' appears twice (lines ", "merge the two blocks into one"],
+        id="config-repeated-key",
+    ),
+    pytest.param(
+        config("model={type: MLP, hidden: 8, hidden: 16}"),
+        ["override model: key 'hidden' appears twice", "keep only one of them"],
+        id="override-repeated-key",
+    ),
+    pytest.param(
+        config(f"seed={2**64}"),
+        [f"config key seed: got {2**64} (integer), expected an integer in [0, 2**63 - 1]"],
+        id="seed-beyond-64-bits",
+    ),
+    pytest.param(
+        config(model={"type": "resnet18", "num_classes": 10}),
+        [
+            "preflight: the model (resnet18) on a training batch of data.train (Digits) failed: RuntimeError:",
+            "to have 3 channels",
+            "check that model, loss and data fit together: inputs (32, 1, 8, 8) float32",
+        ],
+        id="model-does-not-fit-the-data",
+    ),
+    pytest.param(
+        config(loss={"type": "MSELoss"}),
+        [
+            "preflight: the loss (MSELoss) on a training batch of data.train (Digits) failed: RuntimeError:",
+            "output (32, 10) float32, targets (32,) int64",
+        ],
+        id="loss-does-not-fit-the-model",
+    ),
+    pytest.param(
+        corrupt_image_in_the_first_batch,
+        [
+            "preflight: the first batch of data.train (ImageFolder) cannot be read: sample 2 of ImageFolder:",
+            "cannot read image images/b/0.png (UnidentifiedImageError); remove it or replace it",
+        ],
+        id="corrupt-image-in-the-first-batch",
+    ),
+    pytest.param(
+        config(scheduler={"type": "ReduceLROnPlateau"}, data={"batch_size": 32, "train": {"type": "Digits"}}),
+        ["config key scheduler: ReduceLROnPlateau steps on val.metric at each validation, but there is no data.val"],
+        id="plateau-scheduler-without-validation",
     ),
 ]
 

@@ -193,11 +193,29 @@ def test_export_from_a_pth_or_a_bare_state_dict(in_run_dir: Path, tmp_path: Path
         (["weights/tiny_best.pt", "-o", "no/such/dir/x.pth"], ["the folder no/such/dir does not exist"]),
         (["tiny.yaml", "-o", "x.pth"], ["checkpoint tiny.yaml is corrupt"]),
         (["weights/tiny_best.pt", "--format", "onnx"], ["argument --format: invalid choice: 'onnx'"]),
+        (["weights"], ["checkpoint weights is a directory, not a checkpoint file"]),
     ],
-    ids=["missing", "onto-itself", "no-folder", "not-a-checkpoint", "bad-format"],
+    ids=["missing", "onto-itself", "no-folder", "not-a-checkpoint", "bad-format", "a-directory"],
 )
 def test_export_bad_input_is_exit_2_with_one_line(in_run_dir: Path, argv: list[str], fragments: list[str]):
     assert_one_error_line(*call(export_tool, *argv), *fragments)
+
+
+def test_export_into_a_full_disk_names_the_output_not_its_temporary_file(in_run_dir: Path, tmp_path: Path, monkeypatch):
+    import errno
+
+    import utils.io
+
+    def full_disk(path, write):
+        temporary = Path(path).with_name(f".{Path(path).name}.4242.tmp")
+        raise OSError(errno.ENOSPC, "No space left on device", str(temporary))
+
+    monkeypatch.setattr(utils.io, "atomic_write", full_disk)
+    target = tmp_path / "out.pth"
+    code, out, err = call(export_tool, "weights/tiny_best.pt", "-o", str(target))
+    assert code == 1 and out == ""
+    assert err == f"error: could not write {target} (No space left on device)\n"
+    assert not target.exists()
 
 
 def test_export_of_a_file_without_weights_says_what_it_holds(tmp_path: Path):

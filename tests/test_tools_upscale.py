@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from models.simple_cnn import SimpleCNN
 from models.sr import EDSR
 from tests.conftest import REPO, tiny_config, write_config
 
@@ -107,3 +108,47 @@ def test_an_unwritable_output_is_exit_2(inputs, capsys):
     output = inputs["image"].parent / "no" / "such" / "dir" / "out.png"
     code, err = run_main(capsys, "-c", inputs["config"], "--weights", inputs["weights"], inputs["image"], "-o", output)
     assert code == 2 and err.startswith(f"error: cannot write {output}") and err.count("\n") == 1
+
+
+def test_a_non_sr_config_is_exit_2_saying_so(inputs, capsys, tmp_path):
+    digits = write_config(tmp_path / "digits.yaml", tiny_config())
+    torch.save({"params": SimpleCNN(num_classes=10, width=8).state_dict()}, inputs["weights"])
+    code, err = run_main(capsys, "-c", digits, "--weights", inputs["weights"], inputs["image"], "-o", inputs["output"])
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: config {digits} is not a super-resolution model: for a (1, 3, 8, 8) image it gives ")
+    assert not inputs["output"].parent.exists()
+
+
+@pytest.mark.parametrize(("suffix", "fmt"), [(".jpg", "JPEG"), (".webp", "WEBP"), (".PNG", "PNG")])
+def test_the_output_suffix_picks_the_format(inputs, capsys, suffix, fmt):
+    output = inputs["output"].with_suffix(suffix)
+    output.parent.mkdir()
+    code, _ = run_main(capsys, "-c", inputs["config"], "--weights", inputs["weights"], inputs["image"], "-o", output)
+    assert code == 0
+    with Image.open(output) as written:
+        assert written.format == fmt and written.size == (60, 40)
+
+
+def test_an_unknown_output_suffix_is_refused_before_any_work(inputs, capsys):
+    code, err = run_main(capsys, "-c", inputs["config"], "--weights", inputs["weights"], inputs["image"], "-o", "out.xyz")
+    assert code == 2 and err == "error: -o out.xyz: .xyz names no image format Pillow writes; use .png, .jpg or .webp\n"
+
+
+def test_the_input_is_never_overwritten_without_force(inputs, capsys):
+    original = inputs["image"].read_bytes()
+    argv = ["-c", inputs["config"], "--weights", inputs["weights"], inputs["image"], "-o", inputs["image"]]
+    code, err = run_main(capsys, *argv)
+    assert code == 2
+    assert err == f"error: -o {inputs['image']} is the input image; pass --force to overwrite it, or give another -o\n"
+    assert inputs["image"].read_bytes() == original
+    assert run_main(capsys, *argv, "--force")[0] == 0
+    with Image.open(inputs["image"]) as written:
+        assert written.size == (60, 40)
+
+
+def test_an_existing_output_is_kept_without_force(inputs, capsys):
+    inputs["output"].parent.mkdir()
+    inputs["output"].write_bytes(b"the user's file")
+    code, err = run_main(capsys, "-c", inputs["config"], "--weights", inputs["weights"], inputs["image"], "-o", inputs["output"])
+    assert code == 2 and err.startswith(f"error: -o {inputs['output']} exists; pass --force")
+    assert inputs["output"].read_bytes() == b"the user's file"

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from utils.cli import OneLineErrorParser  # noqa: E402  (needs the repo root on sys.path)
+from utils.cli import OneLineErrorParser, run_tool  # noqa: E402  (needs the repo root on sys.path)
 
 SUFFIXES = {"pth": ".pth", "safetensors": ".safetensors"}
 EMA_COUNTER = "n_averaged"  # AveragedModel's step counter, not a weight
@@ -112,10 +112,13 @@ def export(checkpoint: str, output: str | None, fmt: str, force: bool) -> tuple[
             f"state_dict entry (its keys: {keys}); load it yourself and torch.save its state dict"
         ) from None
     target = output_path(source, output, fmt, force)
-    if fmt == "safetensors":
-        write_safetensors(weights, target, source)
-    else:
-        write_pth(weights, target)
+    try:
+        if fmt == "safetensors":
+            write_safetensors(weights, target, source)
+        else:
+            write_pth(weights, target)
+    except OSError as error:  # it names the temporary file; the user knows the target
+        raise OSError(error.errno, error.strerror or str(error), str(target)) from error
     return target, what, len(weights)
 
 
@@ -137,4 +140,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_tool(main)  # exits 141, without a traceback, when the reader of the output went away

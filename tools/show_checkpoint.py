@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from utils.cli import OneLineErrorParser  # noqa: E402  (needs the repo root on sys.path)
+from utils.cli import OneLineErrorParser, run_tool  # noqa: E402  (needs the repo root on sys.path)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -158,4 +158,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_tool(main)  # exits 141, without a traceback, when the reader of the output went away

@@ -26,7 +26,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-c", "--config", required=True, help="the training config (its `model` is built)")
     parser.add_argument("--weights", required=True, help="a .pth (weight-only) or .pt (full) checkpoint")
     parser.add_argument("image", help="the low-resolution input image (png, jpg, bmp, ...)")
-    parser.add_argument("-o", "--output", required=True, help="where to write the upscaled PNG")
+    parser.add_argument("-o", "--output", required=True, help="where to write the upscaled image; its suffix picks the format")
+    parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists (never the input without it)")
     parser.add_argument("--tile", type=int, default=0, help="process in LR tiles of this size to bound memory (0: whole)")
     parser.add_argument("--tile-pad", type=int, default=8, help="LR pixels of context around each tile (hides seams)")
     args = parser.parse_args(argv)
@@ -76,15 +77,52 @@ def upscale(model: nn.Module, image: torch.Tensor, tile: int = 0, tile_pad: int 
         return output.clamp(0, 1)
 
 
-def save_png(image: torch.Tensor, path: str) -> None:
-    """Write a (1, C, H, W) tensor in [0, 1] as an 8-bit PNG, atomically (no half-written file)."""
+def output_format(output: str, image: str, force: bool) -> str:
+    """The PIL format -o's suffix names (.png, .jpg, .webp, ...); InputError for an unknown suffix
+    or an existing file (the input above all) without --force."""
+    from PIL import Image
+
+    from trainer.errors import InputError
+
+    target = Path(output)
+    fmt = Image.registered_extensions().get(target.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        suffix = target.suffix or "no suffix"
+        raise InputError(f"-o {output}: {suffix} names no image format Pillow writes; use .png, .jpg or .webp")
+    if target.exists() and not force:
+        what = "is the input image" if target.resolve() == Path(image).resolve() else "exists"
+        raise InputError(f"-o {output} {what}; pass --force to overwrite it, or give another -o")
+    return fmt
+
+
+def check_is_sr(model: nn.Module, device: torch.device, config_path: str) -> None:
+    """InputError unless the model maps a (1, 3, h, w) image to a larger (1, 3, H, W) one."""
+    import torch
+
+    from trainer.errors import InputError
+
+    probe = torch.zeros(1, 3, 8, 8, device=device)
+    try:
+        with torch.no_grad():
+            shape = tuple(model(probe).shape)
+    except Exception as error:  # noqa: BLE001 - any failure means: not an RGB image-to-image model
+        shape = f"an error ({(str(error).splitlines() or [type(error).__name__])[0]})"
+    if not (isinstance(shape, tuple) and len(shape) == 4 and shape[:2] == (1, 3) and shape[2] > 8 and shape[3] > 8):
+        raise InputError(
+            f"config {config_path} is not a super-resolution model: for a (1, 3, 8, 8) image it gives {shape}, not a "
+            "larger (1, 3, H, W) image; pass an SR config such as configs/sr_edsr_x2.yaml"
+        )
+
+
+def save_image(image: torch.Tensor, path: str, fmt: str) -> None:
+    """Write a (1, C, H, W) tensor in [0, 1] as an 8-bit image in `fmt`, atomically (no half-written file)."""
     from PIL import Image
 
     from utils.io import atomic_write
 
     pixels = image[0].mul(255).round().byte().permute(1, 2, 0).cpu().numpy()  # (H, W, C) uint8
     picture = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
-    atomic_write(path, lambda file: picture.save(file, format="PNG"))
+    atomic_write(path, lambda file: picture.save(file, format=fmt))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not Path(args.image).is_file():
             raise InputError(f"image {args.image} does not exist; check the path")
+        fmt = output_format(args.output, args.image, args.force)
         if not Path(args.weights).is_file():
             raise InputError(f"--weights {args.weights} does not exist; check the path (e.g. weights/<name>_best.pth)")
         try:
@@ -103,9 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as error:
             raise InputError(str(error)) from None
         model, device = load_model(args.config, args.weights)
+        check_is_sr(model, device, args.config)
         output = upscale(model, image.to(device), args.tile, args.tile_pad)
         try:
-            save_png(output, args.output)
+            save_image(output, args.output, fmt)
         except OSError as error:
             raise InputError(f"cannot write {args.output} ({error.strerror or error}); check the -o path") from None
     except InputError as error:
@@ -116,4 +156,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from utils.cli import run_tool
+
+    run_tool(main)  # exits 141, without a traceback, when the reader of the output went away

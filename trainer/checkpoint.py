@@ -35,6 +35,7 @@ KEY_ITERATION = "iteration"
 KEY_EPOCH = "epoch"
 KEY_BEST = "best_metrics"
 KEY_CONFIG = "config"
+KEY_RUN_ID = "run_id"  # which run wrote the file: a resume into another run's outputs archives them first
 KEY_WEIGHTS = "params"  # the one key of a weight-only .pth (BasicSR's convention)
 
 # Where pretrain_key: auto looks, in order, before taking the file itself as the state dict.
@@ -84,6 +85,8 @@ def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def load_file(path: str | Path, what: str) -> Any:
     """torch.load with weights_only=True; any failure is one InputError line naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a directory, not a checkpoint file; give the path of a .pt or .pth file")
     if not path.is_file():
         raise InputError(f"{what} {path} does not exist; check the path")
     try:
@@ -228,7 +231,9 @@ class CheckpointManager:
         self.keep_last = keep_last
         self.background = background
         self._iter_pattern = re.compile(rf"^{re.escape(name)}_iter_(\d+)\.pt$")
-        self._own_file = re.compile(rf"^{re.escape(name)}_(iter_\d+|best)\.pth?$")
+        # Every file of this experiment, exports (.safetensors, .onnx, ...) included; never
+        # another experiment's whose name merely starts with this one (`<name>_v2_best.pth`).
+        self._own_file = re.compile(rf"^{re.escape(name)}_(iter_\d+|best)\.[A-Za-z0-9]+$")
         self._writer: threading.Thread | None = None
         self._write_error: TrainingError | None = None
 
@@ -363,11 +368,33 @@ class CheckpointManager:
         path = Path(path)
         return revise_keys(extract_weights(load_file(path, what), key, path, what), rules)
 
+    def holds_other_run(self, run_id: str | None) -> bool:
+        """Whether this experiment's files here belong to a run other than `run_id`.
+
+        Judged by the newest full checkpoint that loads (memory-mapped: only its small entries
+        are read); files with no loadable checkpoint beside them count as another run's.
+        """
+        if not self._own_files():
+            return False
+        candidates = [path for _, path in reversed(self.iteration_checkpoints())] + [self.path("best", ".pt")]
+        for path in candidates:
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except Exception:  # noqa: BLE001, S112 - missing or damaged: the next one decides
+                continue
+            if isinstance(obj, dict) and KEY_FORMAT in obj:
+                return obj.get(KEY_RUN_ID) != run_id
+        return True
+
+    def _own_files(self) -> list[Path]:
+        """This experiment's files in the directory (both formats, best, exports)."""
+        if not self.directory.is_dir():
+            return []
+        return [path for path in self.directory.iterdir() if path.is_file() and self._own_file.match(path.name)]
+
     def archive_existing(self, stamp: str) -> Path | None:
         """Move this experiment's own weight files into `<dir>/<name>_archived_<stamp>/`."""
-        if not self.directory.is_dir():
-            return None
-        own = [path for path in self.directory.iterdir() if path.is_file() and self._own_file.match(path.name)]
+        own = self._own_files()
         if not own:
             return None
         target = unused_path(self.directory / f"{self.name}_archived_{stamp}")

@@ -20,9 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-import yaml
-
-from trainer.config_files import apply_override, load_document, yaml_type_name
+from trainer.config_files import apply_override, dump_yaml, load_document, yaml_type_name
 from trainer.errors import InputError
 
 # ---------------------------------------------------------------------------------------------
@@ -37,6 +35,12 @@ def _check(predicate, expected: str) -> dict:
 POSITIVE_INT = _check(lambda v: v >= 1, "an integer >= 1")
 NON_NEGATIVE_INT = _check(lambda v: v >= 0, "an integer >= 0")
 POSITIVE_FLOAT = _check(lambda v: v > 0, "a number > 0")
+# torch.manual_seed takes [-2**63, 2**64 - 1], numpy (seeded with seed % 2**32) any integer. The
+# trainer seeds `seed + rank` and `seed + rank + 1_000_003 * iteration`: capping the seed at
+# 2**63 - 1 leaves 2**63 of room, enough for 2**20 ranks and 8e12 iterations. Negative seeds are
+# refused: elsewhere -1 often means "a random seed", and python's random.seed(-n) equals seed(n).
+MAX_SEED = 2**63 - 1
+SEED_RANGE = _check(lambda v: 0 <= v <= MAX_SEED, "an integer in [0, 2**63 - 1], the seeds torch and numpy all take")
 
 
 @dataclass(frozen=True)
@@ -184,7 +188,7 @@ class Config:
     """The training loop."""
     imports: list[str] = field(default_factory=list)
     """Modules imported before building (user plugins that register things)."""
-    seed: int = 0
+    seed: int = field(default=0, metadata=SEED_RANGE)
     """Seeds python, numpy and torch; the data order and augmentation derive from it."""
     device: str = field(default="auto", metadata=_check(DEVICE_PATTERN.fullmatch, "auto, cpu, cuda or cuda:N"))
     """auto | cpu | cuda | cuda:N."""
@@ -202,6 +206,10 @@ class Config:
     """Console, file, TensorBoard and progress bar."""
     resume_path: str | None = None
     """A full .pt checkpoint to continue, or "auto" for the newest of this experiment."""
+    resume_schedule: Literal["checkpoint", "extend"] = "checkpoint"
+    """On resume: checkpoint (the optimizer and scheduler continue as saved; a config that changes
+    their settings is refused) | extend (the config's optimizer settings and scheduler take over
+    at the resume iteration, the scheduler's clock being the global iteration)."""
     pretrain_path: str | None = None
     """Weights to fine-tune from (.pth, .pt, or another tool's state dict)."""
     pretrain_key: str = "auto"
@@ -413,7 +421,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 def dump_config(config: Config) -> str:
     """The resolved config as YAML text (reads back with load_config to the same Config)."""
-    return yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None, width=100)
+    return dump_yaml(config.to_dict())  # quotes strings such as "1e3" that Kiln's loader reads as numbers
 
 
 def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:

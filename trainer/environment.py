@@ -14,13 +14,20 @@ from trainer.errors import InputError
 
 
 def check_output_dirs(config: Config) -> None:
-    """checkpoint.dir and logging.dir must be creatable and writable, checked without creating them."""
+    """checkpoint.dir and logging.dir must be creatable and writable, and the run's log directory
+    <logging.dir>/<name> a directory if it exists; checked without creating anything."""
     for key, directory in (("checkpoint.dir", config.checkpoint.dir), ("logging.dir", config.logging.dir)):
         path = Path(directory).absolute()
         existing = next(parent for parent in (path, *path.parents) if parent.exists())
         if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
             problem = "is a file, not a directory" if not existing.is_dir() else "is not writable"
             raise InputError(f"config key {key}: {directory} cannot be written because {existing} {problem}; point it elsewhere")
+    log_dir = Path(config.logging.dir) / config.name
+    if log_dir.exists() and not log_dir.is_dir():
+        raise InputError(
+            f"config key logging.dir: the run's log directory {log_dir} is a file, not a directory; "
+            "move that file away or point logging.dir elsewhere"
+        )
 
 
 def import_plugins(modules: list[str]) -> None:

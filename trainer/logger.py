@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 from trainer.config import LoggingConfig
+from trainer.errors import TrainingError
+from utils import console
 from utils.io import atomic_copy, atomic_write_text, unused_path
 
 # TensorBoard's writer thread wakes and takes the GIL for every event it is handed, which on a
@@ -60,19 +62,25 @@ class Logger:
         if config.progress and sys.stdout.isatty():
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total_iters, initial=start_iteration, unit="it", dynamic_ncols=True)
+            # Through utils.console, so that a terminal that hung up (EIO) or a closed pipe on
+            # stderr silences the bar instead of raising (also in tqdm's monitor thread).
+            stream = console.ConsoleStream(sys.stderr)
+            self._bar = tqdm(total=total_iters, initial=start_iteration, unit="it", dynamic_ncols=True, file=stream)
 
     def info(self, message: str) -> None:
-        """One timestamped line to the console and train.log."""
+        """One timestamped line to train.log and the console (dropped silently once the console is gone)."""
         if not self.enabled:
             return
         line = f"{datetime.datetime.now():%Y-%m-%d %H:%M:%S} | {message}"
-        if self._bar is not None:
-            self._bar.write(line)
-        else:
-            print(line, flush=True)
-        self._file.write(line + "\n")
+        self._file.write(line + "\n")  # first: the file keeps every line whatever the console does
         self._file.flush()
+        if self._bar is None:
+            console.write(sys.stdout, line + "\n")
+            return
+        with self._bar.get_lock():  # the bar steps aside for the line, as tqdm.write does
+            self._bar.clear(nolock=True)
+            console.write(sys.stdout, line + "\n")
+            self._bar.refresh(nolock=True)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         """TensorBoard scalars {tag: value} at `step`, stamped now and handed over in batches."""
@@ -144,9 +152,15 @@ class Logger:
         return path
 
     def archive_best(self, weights_path: Path) -> Path:
-        """Keep a copy of the best weight-only file in the log directory."""
+        """Keep a copy of the best weight-only file in the log directory; TrainingError if it cannot be written."""
         target = self.log_dir / weights_path.name
-        atomic_copy(weights_path, target)
+        try:
+            atomic_copy(weights_path, target)
+        except OSError as error:
+            raise TrainingError(
+                f"could not archive the best weights to {target} ({error.strerror or error}); {weights_path} is "
+                "intact: free disk space or fix permissions in logging.dir, then resume with resume_path=auto"
+            ) from error
         return target
 
     def close(self) -> None:

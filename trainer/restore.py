@@ -4,6 +4,7 @@ moves an earlier run's files aside."""
 from __future__ import annotations
 
 import datetime
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,19 @@ import torch
 from torch import nn
 
 from trainer import distributed
-from trainer.checkpoint import KEY_CONFIG, KEY_MODEL, KEY_OPTIMIZER, KEY_SCHEDULER, CheckpointManager, load_model_state
+from trainer.checkpoint import (
+    KEY_CONFIG,
+    KEY_ITERATION,
+    KEY_MODEL,
+    KEY_OPTIMIZER,
+    KEY_SCHEDULER,
+    CheckpointManager,
+    load_model_state,
+)
 from trainer.config import Config, config_changes
 from trainer.errors import InputError
 from trainer.logger import archive_log_dir
-from trainer.optim import load_keeping_implementation
+from trainer.optim import IMPLEMENTATION_KEYS, load_keeping_implementation
 
 
 def find_checkpoint(
@@ -23,20 +32,28 @@ def find_checkpoint(
 ) -> tuple[Path | None, dict[str, Any] | None, list[str]]:
     """(path, checkpoint, notes): resume_path, or for `auto` the newest checkpoint that loads.
 
-    The notes name the damaged checkpoints `auto` skipped on its way.
+    The notes name the damaged checkpoints `auto` skipped on its way. When every checkpoint
+    is damaged, `auto` refuses to start over (in a requeue loop that would throw away the
+    whole run's progress): InputError listing them.
     """
     if resume_path is None:
         return None, None, []
     if resume_path != "auto":
         path = Path(resume_path)
         return path, checkpoints.load_checkpoint(path), []
-    skipped = []
+    skipped, damaged = [], []
     for _, path in reversed(checkpoints.iteration_checkpoints()):
         try:
             return path, checkpoints.load_checkpoint(path), skipped
         except InputError as error:  # damaged on disk after it was written: try the one before
             skipped.append(f"resume_path auto skipped {error}")
-    return None, None, skipped
+            damaged.append(str(path))
+    if damaged:
+        raise InputError(
+            f"resume_path auto: every checkpoint of {checkpoints.name} is damaged ({', '.join(damaged)}); "
+            "resume from a good copy with resume_path=PATH, or move them aside to start a fresh run"
+        )
+    return None, None, []
 
 
 def restore_components(
@@ -48,8 +65,14 @@ def restore_components(
     optimizer: torch.optim.Optimizer,
     scheduler: Any | None,
     sharded: bool,
-) -> None:
-    """Load the model, optimizer and scheduler states of a full checkpoint; InputError if they do not fit."""
+) -> bool:
+    """Load the model, optimizer and scheduler states of a full checkpoint; InputError if they do not fit.
+
+    Returns whether the config's schedule took over (resume_schedule: extend with a changed
+    schedule): then the optimizer keeps its checkpointed state (moments, step counts) but takes
+    the config's settings, and the config's scheduler is advanced to the checkpoint's
+    iteration instead of loaded.
+    """
     load_model_state(
         model,
         checkpoint[KEY_MODEL],
@@ -64,19 +87,48 @@ def restore_components(
             f"{config.optimizer.type}; resume with {saved_optimizer}, or start a new run from these "
             "weights with pretrain_path"
         )
+    take_over_schedule = bool(schedule_changes(checkpoint, config, path))
+    configured = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
     try:
         if distributed.keyed_by_name(checkpoint[KEY_OPTIMIZER]) != sharded:
             raise ValueError("it was saved with another train.strategy (fsdp keys the state by name)")
         load_keeping_implementation(
             optimizer, lambda: distributed.load_optimizer_state(model, optimizer, checkpoint[KEY_OPTIMIZER])
         )
-        if scheduler is not None and checkpoint[KEY_SCHEDULER] is not None:
+        if take_over_schedule:
+            _take_over_schedule(optimizer, configured, scheduler, checkpoint[KEY_ITERATION])
+        elif scheduler is not None and checkpoint[KEY_SCHEDULER] is not None:
             scheduler.load_state_dict(checkpoint[KEY_SCHEDULER])
     except (ValueError, KeyError) as error:
         raise InputError(
             f"resume_path {path}: its optimizer/scheduler state does not fit this config ({error}); "
             "resume with the optimizer the run was started with"
         ) from None
+    return take_over_schedule
+
+
+def _take_over_schedule(
+    optimizer: torch.optim.Optimizer, configured: list[dict[str, Any]], scheduler: Any | None, iteration: int
+) -> None:
+    """The config's optimizer settings and scheduler, as an uninterrupted run of this config has them at `iteration`.
+
+    `configured` holds the param groups' settings as built from the config (the scheduler,
+    built at step 0, already set their lr and initial_lr); stepping the scheduler `iteration`
+    times from there gives bitwise the learning rate such a run would have. A metric-driven
+    scheduler (ReduceLROnPlateau) cannot be replayed without the metrics: it starts afresh.
+    """
+    for group, settings in zip(optimizer.param_groups, configured, strict=True):
+        group.update(settings)
+    if scheduler is None or isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()": intended here
+        for _ in range(iteration):
+            scheduler.step()
+
+
+# How a run is resumed, not what it runs: never reported as a change.
+_HOW_RESUMED = ("resume_path", "resume_schedule")
 
 
 def changes_since(checkpoint: dict[str, Any], config: Config) -> list[str]:
@@ -84,17 +136,50 @@ def changes_since(checkpoint: dict[str, Any], config: Config) -> list[str]:
     return [
         change
         for change in config_changes(checkpoint[KEY_CONFIG], config.to_dict())
-        if not change.startswith("resume_path:")  # how a run is resumed is not a change to it
+        if change.split(":", 1)[0].split(".", 1)[0] not in _HOW_RESUMED
     ]
 
 
-def resume_notes(path: Path, iteration: int, epoch: int, changes: list[str]) -> list[str]:
+def _is_schedule_change(change: str) -> bool:
+    """Whether a 'key: old -> new' change is to a setting the checkpointed optimizer or scheduler
+    state overrides on load (lr, betas, T_max, ...); fused/foreach follow the config anyway."""
+    top, _, rest = change.split(":", 1)[0].partition(".")
+    if top == "scheduler":
+        return True
+    return top == "optimizer" and rest not in (*IMPLEMENTATION_KEYS, "differentiable", "type")
+
+
+def schedule_changes(checkpoint: dict[str, Any], config: Config, path: Path) -> list[str]:
+    """The optimizer/scheduler changes since the checkpoint, which resume_schedule must allow.
+
+    InputError for a total_iters below the checkpoint's iteration, and for schedule changes
+    under resume_schedule: checkpoint: the checkpointed state would silently win over them, and
+    the saved config would claim settings that never ran.
+    """
+    iteration = checkpoint[KEY_ITERATION]
+    if config.train.total_iters < iteration:
+        raise InputError(
+            f"config key train.total_iters: {config.train.total_iters} is below the iteration of resume_path "
+            f"{path} ({iteration}); set train.total_iters to at least {iteration}"
+        )
+    changes = [change for change in changes_since(checkpoint, config) if _is_schedule_change(change)]
+    if changes and config.resume_schedule == "checkpoint":
+        raise InputError(
+            f"resume_path {path}: the optimizer/scheduler settings changed since the checkpoint ({'; '.join(changes)}), "
+            "but a resumed run continues the checkpointed optimizer and scheduler; revert them, or set "
+            f"resume_schedule=extend to let the config's settings take over from iteration {iteration}"
+        )
+    return changes
+
+
+def resume_notes(path: Path, iteration: int, epoch: int, changes: list[str], took_over: bool) -> list[str]:
     """The log lines that say where the run resumed and what changed in its config."""
     notes = [f"resumed from {path} at iteration {iteration} (epoch {epoch})"]
     if changes:
+        notes.append("config changed since the checkpoint: " + "; ".join(changes))
+    if took_over:
         notes.append(
-            "config changed since the checkpoint: " + "; ".join(changes) + " (optimizer and "
-            "scheduler settings, such as lr and T_max, keep their checkpointed values)"
+            f"resume_schedule extend: the config's optimizer settings and scheduler take over at iteration {iteration}"
         )
     return notes
 
@@ -109,6 +194,17 @@ def load_pretrained(model: nn.Module, config: Config, checkpoints: CheckpointMan
     return [f"{message}; not loaded: {report.describe()}" if report else message]
 
 
+RUN_ID_FILE = "run_id.txt"  # in the log directory: which run its files belong to
+
+
+def read_run_id(log_dir: Path) -> str | None:
+    """The run id a log directory was written by (None for one written before Kiln recorded it)."""
+    try:
+        return (log_dir / RUN_ID_FILE).read_text(encoding="utf-8").strip() or None
+    except FileNotFoundError:
+        return None
+
+
 def archive_previous_run(config: Config, checkpoints: CheckpointManager) -> list[str]:
     """A fresh run never overwrites an earlier run's files: move them aside (BasicSR's habit)."""
     stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S")
@@ -121,4 +217,20 @@ def archive_previous_run(config: Config, checkpoints: CheckpointManager) -> list
         notes.append(f"an earlier run's weights were moved to {moved_weights}")
     if config.resume_path == "auto":
         notes.append(f"resume_path auto: no checkpoint of {config.name} in {checkpoints.directory}, starting fresh")
+    return notes
+
+
+def archive_other_runs(config: Config, checkpoints: CheckpointManager, run_id: str | None) -> list[str]:
+    """A resumed run never writes into another run's files: move the log directory and the
+    weight files of this name aside when they were written by a run other than `run_id`."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S")
+    notes = []
+    log_dir = Path(config.logging.dir) / config.name
+    if log_dir.is_dir() and read_run_id(log_dir) != run_id:
+        moved_logs = archive_log_dir(log_dir, stamp)
+        if moved_logs:
+            notes.append(f"{log_dir} held the logs of another run; they were moved to {moved_logs}")
+    if checkpoints.holds_other_run(run_id):
+        moved_weights = checkpoints.archive_existing(stamp)
+        notes.append(f"{checkpoints.directory} held weights of another run named {config.name}; moved to {moved_weights}")
     return notes

@@ -1,4 +1,4 @@
-"""Turn SIGTERM/SIGINT into a flag the training loop checks at the next iteration boundary."""
+"""Turn SIGTERM, SIGINT and SIGHUP into a flag the training loop checks at the next iteration boundary."""
 
 from __future__ import annotations
 
@@ -7,14 +7,17 @@ from types import FrameType
 
 
 class StopSignals:
-    """While active, SIGTERM and SIGINT only record themselves; `received` is the first one.
+    """While active, SIGTERM, SIGINT and SIGHUP only record themselves; `received` is the first one.
 
     The loop finishes the iteration in progress (and any validation or save due), saves a
-    checkpoint and exits with 128 + signal. A second SIGINT interrupts at once, for a user who
-    really means it.
+    checkpoint and exits with 128 + signal (143, 130, 129). A second SIGINT interrupts at once,
+    for a user who really means it. Under nohup (SIGHUP ignored) SIGHUP stays ignored.
     """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    # SIGHUP is a lost terminal (an ssh session that dropped, a closed terminal window): like a
+    # scheduler's SIGTERM it ends the run with a checkpoint, where its default action would kill
+    # the run and lose the work since the last save. (Windows has no SIGHUP.)
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name))
 
     def __init__(self) -> None:
         self.received: int | None = None
@@ -27,6 +30,8 @@ class StopSignals:
 
     def __enter__(self) -> StopSignals:
         for signum in self.SIGNALS:
+            if signum == getattr(signal, "SIGHUP", None) and signal.getsignal(signum) == signal.SIG_IGN:
+                continue  # started under nohup: the user asked for the run to outlive the terminal
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
 

@@ -69,7 +69,7 @@ class OptimizerStep:
         total = None
         for index, (inputs, targets) in enumerate(micro_batches):
             last = index == self.accumulate - 1
-            with self._gradient_sync(last), self._autocast():
+            with self._gradient_sync(last), self.autocast():
                 loss = self.loss_fn(self.model(inputs), targets)
                 if self.accumulate > 1:
                     loss = loss / self.accumulate
@@ -105,7 +105,7 @@ class OptimizerStep:
         for parameter in self._parameters:
             parameter.grad = None
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
+    def autocast(self) -> contextlib.AbstractContextManager:
         """autocast on the model's device with the configured dtype, or nothing."""
         if self.amp_dtype is None:
             return contextlib.nullcontext()

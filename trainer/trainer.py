@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -10,12 +11,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from data.loader import describe_error
 from trainer import distributed
 from trainer.checkpoint import (
     KEY_BEST,
     KEY_EPOCH,
     KEY_ITERATION,
     KEY_MODEL,
+    KEY_RUN_ID,
     CheckpointManager,
     clean_state_dict,
     make_checkpoint,
@@ -26,9 +29,12 @@ from trainer.errors import InputError, TrainingError
 from trainer.evaluation import evaluate
 from trainer.logger import Logger
 from trainer.numerics import FIXES, NonFiniteGuard, weights_are_finite
-from trainer.optim import build_optimizer
-from trainer.registry import DATASETS, LOSSES, METRICS, MODELS, REPORTERS, SCHEDULERS, build
+from trainer.optim import build_optimizer, build_scheduler, steps_on_metric
+from trainer.preflight import preflight
+from trainer.registry import DATASETS, LOSSES, METRICS, MODELS, REPORTERS, build
 from trainer.restore import (
+    RUN_ID_FILE,
+    archive_other_runs,
     archive_previous_run,
     changes_since,
     find_checkpoint,
@@ -36,6 +42,7 @@ from trainer.restore import (
     restore_components,
     resume_notes,
 )
+from trainer.runlock import RunLock
 from trainer.signals import StopSignals
 from trainer.step import OptimizerStep, build_ema
 from utils.seed import get_rng_state, seed_everything, set_rng_state
@@ -70,6 +77,7 @@ class Trainer:
         seed_everything(config.seed)  # the same initial weights on every rank
         self._build_components()
         seed_everything(config.seed + self.dist.rank)  # each rank its own dropout stream
+        self._preflight()  # a model, loss or data that do not fit: exit 2 before any file is touched
         self.checkpoints = CheckpointManager(
             config.checkpoint.dir, config.name, config.checkpoint.keep_last, background=config.checkpoint.async_
         )
@@ -82,29 +90,15 @@ class Trainer:
         # non-finite check scans them): no host sync, no device op per step.
         self._losses: list[torch.Tensor] = []
 
-        # Everything that can reject an input file runs before anything is moved or written.
-        resume_path, checkpoint, skipped = find_checkpoint(config.resume_path, self.checkpoints)
-        changes = changes_since(checkpoint, config) if checkpoint is not None else []
-        if checkpoint is not None:
-            notes = self._resume(checkpoint, resume_path, changes)
-        else:
-            notes = load_pretrained(self.model, config, self.checkpoints)
-        self.dist.barrier()  # every rank has read what it needs before rank 0 moves files
-        if checkpoint is None and self.dist.is_main:
-            notes = archive_previous_run(config, self.checkpoints) + notes
-        self.logger = Logger(
-            Path(config.logging.dir) / config.name,
-            config.logging,
-            total_iters=config.train.total_iters,
-            start_iteration=self.iteration,
-            enabled=self.dist.is_main,
-        )
-        for note in skipped + notes:
-            self.logger.info(note)
-        if checkpoint is None:
-            self.logger.save_text("config.yaml", dump_config(config))
-        elif changes:
-            self.logger.save_text(f"config_resumed_iter_{self.iteration}.yaml", dump_config(config))
+        self.run_id: str | None = uuid.uuid4().hex  # a resume takes the checkpoint's
+        # Everything that can reject an input file runs before anything is locked, moved or written.
+        changes, notes = self._start_point()
+        self.lock = self._lock_experiment()
+        try:
+            self.logger = self._open_outputs(changes, notes)
+        except BaseException:
+            self.lock.release()
+            raise
 
     # -- building ---------------------------------------------------------------------------
 
@@ -137,7 +131,7 @@ class Trainer:
             val_batch = config.data.val_batch_size or config.data.batch_size
             self.val_loader = self._build_loader(config.data.val, "data.val", val_batch, train=False)
         self.optimizer = build_optimizer(config.optimizer, self.model, self.device)
-        self.scheduler = build(SCHEDULERS, config.scheduler, self.optimizer, key="scheduler") if config.scheduler else None
+        self.scheduler = build_scheduler(config, self.optimizer)
         self.ema = build_ema(self.model, config.train.ema)
         self.guard = NonFiniteGuard(config.train.nan_policy, config.train.max_skipped, self.device)
         # DDP and torch.compile wrap the same module: their parameters are the model's, and
@@ -154,10 +148,24 @@ class Trainer:
             raw_model=self.model,
             loss_fn=self.loss_fn,
             optimizer=self.optimizer,
-            scheduler=self.scheduler,
+            scheduler=None if steps_on_metric(self.scheduler) else self.scheduler,  # that one steps at validation
             ema=self.ema,
             guard=self.guard,
             config=config.train,
+            device=self.device,
+        )
+
+    def _preflight(self) -> None:
+        """One batch of each split through model, loss, metrics and reporters, leaving no trace
+        (trainer/preflight.py); InputError naming the stage that fails."""
+        preflight(
+            self.config,
+            step=self.step,
+            metrics=self.metrics,
+            reporters=self.reporters,
+            loaders=(self.train_loader, self.val_loader),
+            move=self._move,
+            dist=self.dist,
             device=self.device,
         )
 
@@ -204,6 +212,9 @@ class Trainer:
             "rng": self.dist.gather_objects(get_rng_state()),  # one entry per rank
             "scaler": self.step.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            KEY_RUN_ID: self.run_id,
+            # The steps since the last log line, so that a resumed run logs the same mean loss.
+            "pending_losses": self.dist.gather_objects(self._recent_losses(float32=False).cpu()),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -217,6 +228,10 @@ class Trainer:
             self.step.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
+        self.run_id = state.get(KEY_RUN_ID)  # None: a checkpoint from before Kiln recorded it
+        pending = state.get("pending_losses") or []
+        if self.dist.rank < len(pending):
+            self._losses = list(pending[self.dist.rank].to(self.device).unbind())
         self._restore_rng(state["rng"])
 
     def _restore_rng(self, states: list[dict]) -> None:
@@ -236,27 +251,89 @@ class Trainer:
         """`model`'s whole state dict with clean keys (under FSDP gathered: every rank calls it)."""
         return clean_state_dict(distributed.model_state(model))
 
-    # -- resume ---------------------------------------------------------------------------
+    # -- where the run starts ------------------------------------------------------------
 
-    def _resume(self, checkpoint: dict[str, Any], path: Path, changes: list[str]) -> list[str]:
-        """Restore model, optimizer, scheduler and loop state from a full checkpoint; return log notes
-        (`changes`: how the config differs from the checkpoint's)."""
-        restore_components(
+    def _start_point(self) -> tuple[list[str] | None, list[str]]:
+        """Resume from the checkpoint resume_path finds, or load pretrain_path; return (the config's
+        changes since the checkpoint, None for a fresh run; log notes).
+
+        Only reads files: nothing is locked, moved or written yet.
+        """
+        config = self.config
+        path, checkpoint, skipped = find_checkpoint(config.resume_path, self.checkpoints)
+        if checkpoint is None:
+            return None, skipped + load_pretrained(self.model, config, self.checkpoints)
+        took_over = restore_components(
             checkpoint,
             path,
-            config=self.config,
+            config=config,
             model=self.model,
             optimizer=self.optimizer,
             scheduler=self.scheduler,
             sharded=self.sharded,
         )
         self.load_state_dict(checkpoint)
-        return resume_notes(path, self.iteration, self.epoch, changes)
+        changes = changes_since(checkpoint, config)
+        return changes, skipped + resume_notes(path, self.iteration, self.epoch, changes, took_over)
+
+    def _lock_experiment(self) -> RunLock:
+        """Rank 0 takes the experiment's lock; every rank exits 2 if another run holds it."""
+        config = self.config
+        lock = RunLock(config.name, [config.logging.dir, config.checkpoint.dir])
+        refused = None
+        if self.dist.is_main:
+            try:
+                lock.acquire()
+            except InputError as error:
+                refused = error
+        if self.dist.any(refused is not None, self.device):
+            raise refused or InputError(f"experiment {config.name} is already running (rank 0 names the process)")
+        return lock
+
+    def _open_outputs(self, changes: list[str] | None, notes: list[str]) -> Logger:
+        """Move other runs' files aside (rank 0), open the Logger, record the config and the run id.
+
+        An output directory that turns out unwritable here (read-only, full) is an InputError:
+        nothing has trained yet, and a move that failed left the files where they were.
+        """
+        try:
+            return self._open_outputs_or_fail(changes, notes)
+        except OSError as error:
+            raise InputError(
+                f"cannot write {error.filename or self.config.logging.dir} ({error.strerror or error}) before training; "
+                "point logging.dir and checkpoint.dir at writable directories with free space"
+            ) from None
+
+    def _open_outputs_or_fail(self, changes: list[str] | None, notes: list[str]) -> Logger:
+        """_open_outputs without the translation of I/O errors."""
+        config, resumed = self.config, changes is not None
+        self.dist.barrier()  # every rank has read what it needs before rank 0 moves files
+        if self.dist.is_main:
+            if resumed:
+                notes = archive_other_runs(config, self.checkpoints, self.run_id) + notes
+            else:
+                notes = archive_previous_run(config, self.checkpoints) + notes
+        logger = Logger(
+            Path(config.logging.dir) / config.name,
+            config.logging,
+            total_iters=config.train.total_iters,
+            start_iteration=self.iteration,
+            enabled=self.dist.is_main,
+        )
+        for note in notes:
+            logger.info(note)
+        if self.run_id is not None:
+            logger.save_text(RUN_ID_FILE, self.run_id + "\n")
+        if not resumed:
+            logger.save_text("config.yaml", dump_config(config))
+        elif changes:
+            logger.save_text(f"config_resumed_iter_{self.iteration}.yaml", dump_config(config))
+        return logger
 
     # -- the loop ---------------------------------------------------------------------------
 
     def fit(self) -> int:
-        """Train to train.total_iters; return 0, or 128+signal after SIGTERM/SIGINT."""
+        """Train to train.total_iters; return 0, or 128+signal after SIGTERM/SIGINT/SIGHUP."""
         total = self.config.train.total_iters
         self.logger.info(
             f"training {self.config.name} on {self.device}: iterations {self.iteration} -> {total}, "
@@ -272,7 +349,8 @@ class Trainer:
                     if not saved:
                         self._save_iteration()
                     received = signals.received or signal.SIGTERM  # a rank stopped by another rank
-                    self.logger.info(f"stopped by signal {received} at iteration {self.iteration}; checkpoint saved")
+                    name = signal.Signals(received).name  # SIGHUP: the terminal was lost
+                    self.logger.info(f"stopped by signal {received} at iteration {self.iteration}; checkpoint saved ({name})")
                     return 128 + received
         self.logger.info(f"done: {self.config.name} at iteration {self.iteration}" + self._best_text())
         return 0
@@ -291,7 +369,10 @@ class Trainer:
         if self._batches is None:
             self.train_loader.sampler.set_epoch(self.epoch, self.position)
             self._batches = iter(self.train_loader)
-        batch = next(self._batches)
+        try:
+            batch = next(self._batches)
+        except Exception as error:  # a file deep in the dataset that cannot be read: one line, exit 1
+            raise self._read_failed("data.train", error, f"iteration {self.iteration + 1}") from None
         self.position += 1
         if self.position == self.train_loader.sampler.batches_per_epoch:
             self.epoch, self.position, self._batches = self.epoch + 1, 0, None
@@ -355,11 +436,12 @@ class Trainer:
         if self.dist.any(failure is not None, self.device):
             raise TrainingError(failure or f"another rank found a non-finite value by iteration {self.iteration}")
 
-    def _recent_losses(self) -> torch.Tensor:
-        """The losses of the steps since the last log, as one float32 tensor on the device."""
+    def _recent_losses(self, float32: bool = True) -> torch.Tensor:
+        """The losses of the steps since the last log, as one (float32) tensor on the device."""
         if not self._losses:
             return torch.zeros(0, device=self.device)
-        return torch.stack(self._losses).float()
+        losses = torch.stack(self._losses)
+        return losses.float() if float32 else losses
 
     def _log_training(self) -> None:
         """Read the losses kept on the device (the one sync per logging interval) and log their mean.
@@ -377,19 +459,40 @@ class Trainer:
     def _validate(self) -> None:
         """Compute every metric over the validation set; save best files on a new best."""
         reduce = self.dist.all_reduce_sum
-        results = evaluate(self.eval_model, self.val_loader, self.metrics, self._move, reduce, self.reporters)
+        results = evaluate(self.eval_model, self._val_batches(), self.metrics, self._move, reduce, self.reporters)
         extras: dict[str, float] = {}
         for reporter in self.reporters:
             scalars, images = reporter.summary(reduce)
             extras.update(scalars)
             self.logger.images(images, self.iteration)
         metric = self.config.val.metric
+        if steps_on_metric(self.scheduler):  # ReduceLROnPlateau: before the saves, which then hold its new state
+            self.scheduler.step(results[metric])
         if self._is_better(results[metric]):
             self.best_metrics = {**results, "iteration": self.iteration}
             self._save("best", on_written=self.logger.archive_best)
         self.logger.log_validation(
             iteration=self.iteration, results=results, extras=extras, best=self.best_metrics, metric=metric
         )
+
+    def _val_batches(self) -> Iterator[Any]:
+        """The validation loader's batches; one that cannot be read stops the run with one line."""
+        batches = iter(self.val_loader)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except Exception as error:
+                raise self._read_failed("data.val", error, f"the validation of iteration {self.iteration}") from None
+            yield batch
+
+    @staticmethod
+    def _read_failed(key: str, error: Exception, when: str) -> TrainingError:
+        """The one-line error of a batch of `key` that could not be read (the original error names the file)."""
+        reason = describe_error(error)
+        fix = "" if ";" in reason else "; replace the file it names with a valid one"  # a message may say it already
+        return TrainingError(f"{key}: a batch could not be read at {when}: {reason}{fix}, then resume with resume_path=auto")
 
     def _is_better(self, value: float) -> bool:
         """Whether `value` of val.metric beats the best so far (NaN never does)."""
@@ -434,9 +537,10 @@ class Trainer:
         return f", best {metric} {self.best_metrics[metric]:.4f} @ iter {int(self.best_metrics['iteration'])}"
 
     def close(self) -> None:
-        """Wait for the last checkpoint write, then release the logger's files."""
+        """Wait for the last checkpoint write, then release the logger's files and the run lock."""
         try:
             self.checkpoints.wait()
         finally:
             self.logger.close()
+            self.lock.release()
             self.dist.close()

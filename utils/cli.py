@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import contextlib
 import os
 import sys
+from collections.abc import Callable
 from typing import NoReturn
+
+from utils import console
+
+# A tool whose reader went away (`tools/show_checkpoint.py X | head -1`) exits with 141 = 128 +
+# SIGPIPE: what a shell reports for cat, grep or yes in the same spot, so a `set -o pipefail`
+# script sees a Kiln tool as it sees any Unix tool (and 0 would claim output nobody received).
+EXIT_READER_GONE = 141
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -32,8 +39,29 @@ def exit_process(code: int) -> NoReturn:
     """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         atexit._run_exitfuncs()
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(OSError, ValueError):  # a closed pipe must not change the code
-                stream.flush()
+        _flush_console()
         os._exit(code)
+    _flush_console()
     sys.exit(code)
+
+
+def _flush_console() -> None:
+    """Flush stdout and stderr; a closed pipe or terminal is dropped (utils.console), never raised."""
+    for stream in (sys.stdout, sys.stderr):
+        # Never raises: a closed pipe must not change the exit code, nor fail the interpreter's
+        # own flush at exit ("Exception ignored ... BrokenPipeError" and exit 120).
+        console.flush(stream)
+
+
+def run_tool(main: Callable[[], int]) -> NoReturn:
+    """Exit with `main()`'s code, or quietly with EXIT_READER_GONE (141) when the tool's reader went away."""
+    try:
+        code = main()
+    except BrokenPipeError:
+        if not (console.gone(sys.stdout) or console.gone(sys.stderr)):
+            raise  # another pipe broke (a worker's, a socket's): a real failure, shown with its traceback
+        code = EXIT_READER_GONE
+    finally:  # also when argparse exits from inside main (--help into a closed pipe)
+        delivered = console.flush(sys.stdout)  # a pipe's stdout is block-buffered: most output leaves here
+        console.flush(sys.stderr)
+    exit_process(code if delivered or code else EXIT_READER_GONE)

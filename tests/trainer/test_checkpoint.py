@@ -203,18 +203,18 @@ def test_finetune_with_a_new_head_loads_the_backbone_and_reports_the_head(traine
     document = tiny_config(
         pretrain_path=str(trained / "tiny_iter_10.pth"),
         strict_load=False,
-        model={"type": "SimpleCNN", "num_classes": 5, "width": 8},
+        model={"type": "SimpleCNN", "num_classes": 12, "width": 8},  # a wider head: the digits' labels still fit
     )
     weights = _model_after_pretrain(workdir, document)
     reference = _reference(trained)
     assert torch.equal(weights["features.0.weight"], reference["features.0.weight"])
-    assert weights["head.5.weight"].shape == (5, 32)
-    assert "2 shape-mismatched: head.5.weight (10, 32) vs (5, 32), head.5.bias (10,) vs (5,)" in capsys.readouterr().out
+    assert weights["head.5.weight"].shape == (12, 32)
+    assert "2 shape-mismatched: head.5.weight (10, 32) vs (12, 32), head.5.bias (10,) vs (12,)" in capsys.readouterr().out
 
 
 def test_strict_pretrain_with_a_new_head_is_an_error_naming_the_keys(trained, workdir):
     document = tiny_config(
-        pretrain_path=str(trained / "tiny_iter_10.pth"), model={"type": "SimpleCNN", "num_classes": 5, "width": 8}
+        pretrain_path=str(trained / "tiny_iter_10.pth"), model={"type": "SimpleCNN", "num_classes": 12, "width": 8}
     )
     with pytest.raises(InputError, match=r"does not match the model \(2 shape-mismatched: head\.5\.weight .*strict_load: false"):
         _model_after_pretrain(workdir, document)

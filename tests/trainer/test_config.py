@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import train
@@ -30,6 +31,7 @@ from trainer.config import (
 )
 from trainer.config_files import apply_override, merge, parse_yaml
 from trainer.errors import InputError
+from utils.seed import seed_everything
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -682,6 +684,26 @@ def test_good_device_strings_are_accepted(device: str):
     assert config_from_dict(tiny_config(device=device)).device == device
 
 
+@pytest.mark.parametrize("seed", [-1, -(2**63), 2**63, 2**64, 10**30])
+def test_seed_outside_0_to_2_63_minus_1_is_rejected_with_the_range(seed: int):
+    message = config_error(tiny_config(seed=seed))
+    assert message == (
+        f"config key seed: got {seed!r} (integer), expected an integer in [0, 2**63 - 1], the seeds torch and numpy all take"
+    )
+
+
+def test_largest_seed_and_its_per_rank_and_per_iteration_offsets_seed_every_generator():
+    seed = config_from_dict(tiny_config(seed=2**63 - 1)).seed
+    assert seed == 2**63 - 1
+    # what the trainer seeds at the limits: rank 2**20 - 1 restoring at iteration 9e12
+    seed_everything(seed + 2**20 - 1 + 1_000_003 * 9 * 10**12)
+    torch.Generator().manual_seed(seed)  # the DataLoader's and the sampler's generators
+
+
+def test_whole_number_float_seed_is_range_checked_too():
+    assert "expected an integer in [0, 2**63 - 1]" in config_error(tiny_config(seed=1e30))
+
+
 # ---------------------------------------------------------------------------------------------
 # Files that are not a config
 
@@ -735,6 +757,71 @@ def test_yaml_python_tags_are_refused_by_the_safe_loader(tmp_path: Path):
     path.write_text("name: !!python/object/apply:os.system ['echo hacked']\n")
     message = error_of(lambda: load_config(path))
     assert message.startswith(f"{path}: not valid YAML")
+
+
+def test_config_path_that_is_a_directory_is_an_error_saying_so(tmp_path: Path):
+    (tmp_path / "configs").mkdir()
+    message = error_of(lambda: load_config(tmp_path / "configs"))
+    assert message == f"config file {tmp_path / 'configs'} is a directory, not a YAML file; pass the path of a .yaml file"
+
+
+def test_base_that_is_a_directory_is_an_error_saying_so(tmp_path: Path):
+    (tmp_path / "bases").mkdir()
+    child = write_config(tmp_path / "child.yaml", {**tiny_config(), "base": "bases"})
+    message = error_of(lambda: load_config(child))
+    assert message == (
+        f"config key base in {child}: {tmp_path / 'bases'} is a directory, not a YAML file; "
+        f"give the path of a .yaml file, relative to {child}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Repeated keys: PyYAML would keep the last one silently
+
+
+def test_a_second_train_block_is_an_error_naming_the_file_key_and_both_lines(tmp_path: Path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("name: tiny\ntrain:\n  total_iters: 30\n  val_interval: 10\nseed: 0\ntrain:\n  amp: bf16\n", encoding="utf-8")
+    message = error_of(lambda: load_config(path))
+    assert message == f"{path}: key 'train' appears twice (lines 2 and 6); merge the two blocks into one"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("train:\n  total_iters: 5\n  amp: none\n  total_iters: 7\n", "key 'train.total_iters' appears twice (lines 2 and 4)"),
+        ("data:\n  train:\n    type: Digits\n    type: Other\n", "key 'data.train.type' appears twice (lines 3 and 4)"),
+        ("metrics:\n  - accuracy\n  - type: accuracy\n    name: a\n    name: b\n", "key 'metrics[1].name' appears twice"),
+        ("seed: 0\n'seed': 1\n", "key 'seed' appears twice (lines 1 and 2); keep only one of them"),
+        ("model: {type: MLP, type: SimpleCNN}\n", "key 'model.type' appears twice (line 1, columns 9 and 20)"),
+    ],
+)
+def test_a_repeated_key_at_any_depth_is_named_by_its_dotted_path(text: str, expected: str):
+    message = error_of(lambda: parse_yaml(text, "config.yaml"))
+    assert message.startswith(f"config.yaml: {expected}")
+
+
+def test_a_repeated_key_in_a_base_file_names_that_file(tmp_path: Path):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(tiny_config()) + "seed: 3\n", encoding="utf-8")
+    child = write_config(tmp_path / "child.yaml", {"base": "base.yaml", "name": "child"})
+    message = error_of(lambda: load_config(child))
+    assert message.startswith(f"{tmp_path / 'base.yaml'}: key 'seed' appears twice (lines ")
+
+
+def test_a_repeated_key_in_an_override_value_names_the_override(tiny_file: Path):
+    message = error_of(lambda: load_config(tiny_file, ["model={type: MLP, hidden: 8, hidden: 16}"]))
+    assert message == "override model: key 'hidden' appears twice (line 1, columns 13 and 24); keep only one of them"
+
+
+def test_keys_a_merge_brings_in_may_be_overridden_and_equal_keys_in_sibling_mappings_are_fine():
+    text = (
+        "defaults: &defaults {lr: 0.1, momentum: 0.9}\n"
+        "optimizer:\n  <<: *defaults\n  type: SGD\n  lr: 0.5\n"
+        "scheduler: {type: StepLR, step_size: 5}\n"
+    )
+    document = parse_yaml(text, "config.yaml")
+    assert document["optimizer"] == {"lr": 0.5, "momentum": 0.9, "type": "SGD"}
+    assert document["scheduler"]["type"] == "StepLR"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -803,6 +890,28 @@ def write_config_text(path: Path, text: str) -> Path:
     return path
 
 
+NUMBER_LIKE_STRINGS = {"a": "1e3", "b": "3e-4", "c": "yes", "d": "null", "e": "1_000", "f": "-2E+3", "g": ".5e1", "1e3": "x"}
+
+
+def test_strings_that_read_as_numbers_or_keywords_are_quoted_and_reload_as_strings(tmp_path: Path):
+    document = tiny_config(model={"type": "SimpleCNN", **NUMBER_LIKE_STRINGS}, optimizer={"type": "AdamW", "lr": 3e-4})
+    config = config_from_dict(document)  # not through write_config: yaml.safe_dump writes "1e3" bare
+
+    text = dump_config(config)
+    again = load_config(write_config_text(tmp_path / "dumped.yaml", text))
+
+    assert "a: '1e3'" in text and "'1e3': x" in text
+    assert again.model.kwargs == NUMBER_LIKE_STRINGS
+    assert again == config
+    assert again.to_dict() == config.to_dict()
+    assert type(again.optimizer.kwargs["lr"]) is float
+
+
+def test_dump_is_otherwise_what_safe_dump_writes():
+    config = config_from_dict(tiny_config())
+    assert dump_config(config) == yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None, width=100)
+
+
 # ---------------------------------------------------------------------------------------------
 # The command line, in process
 
@@ -849,6 +958,13 @@ def test_cli_missing_config_file_returns_2(workdir: Path, capsys):
     assert train.main(["-c", "missing.yaml", "--print-config"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: config file missing.yaml does not exist; check the path given to -c or base"]
+
+
+def test_cli_config_path_that_is_a_directory_returns_2(workdir: Path, capsys):
+    (workdir / "configs").mkdir()
+    assert train.main(["-c", "configs/", "--print-config"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: config file configs is a directory, not a YAML file; pass the path of a .yaml file"]
 
 
 def test_overrides_may_stand_on_both_sides_of_print_config(workdir: Path, capsys):

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, currently_in_test_context, event, given, set
 from hypothesis import strategies as st
 
 from tests.conftest import tiny_config, write_config
-from trainer.config import Component, Config, MetricSpec, config_from_dict, load_config
+from trainer.config import Component, Config, MetricSpec, config_from_dict, dump_config, load_config
 from trainer.config_files import parse_yaml
 from trainer.errors import InputError
 
@@ -236,6 +236,26 @@ def test_any_text_as_config_file_gives_a_config_or_one_line_error(tmp_path: Path
     path = tmp_path / "config.yaml"
     path.write_bytes(raw.encode("utf-8"))
     assert_config_or_one_line_error(path)
+
+
+# Strings a YAML reader could take for something else: numbers in either YAML version, keywords.
+number_like = st.from_regex(r"[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?", fullmatch=True) | st.sampled_from(
+    ["yes", "no", "on", "off", "null", "~", "true", "NaN", ".inf", "1:20", "0x1F", "0o17", "2024-01-01", "<<", "="]
+)
+kwarg_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | text | number_like,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text | number_like, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(kwargs=st.dictionaries((text | number_like).filter(lambda key: key != "type"), kwarg_values, max_size=5))
+def test_dumped_config_reloads_to_an_equal_config_whatever_the_kwargs(kwargs: dict) -> None:
+    config = config_from_dict(tiny_config(model={"type": "SimpleCNN", **kwargs}))
+    again = config_from_dict(parse_yaml(dump_config(config), "dumped config.yaml"))
+    assert again == config
+    assert again.to_dict() == config.to_dict()
 
 
 def test_the_check_fails_on_a_multi_line_message_or_another_exception(tmp_path: Path, monkeypatch) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from data.sampler import ResumableBatchSampler
 from tests.conftest import TRAIN_PY, assert_bitwise_equal, load_params, tiny_config, write_config
 from tests.helpers import train_in_process
 
@@ -259,3 +260,40 @@ def test_a_collective_finishing_while_a_rank_exits_does_not_abort_it():
     assert "terminate called without an active exception" in plain.stderr
     guarded = run_two_ranks(LATE_COLLECTIVE, "exit_process")
     assert guarded.returncode == 0, guarded.stderr[-2000:]
+
+
+# -- the preflight check ---------------------------------------------------------------------------
+
+ONE_BAD_FILE = """
+import torch
+from torch.utils.data import Dataset
+
+
+class OneBadFile(Dataset):
+    \"\"\"64 random (1, 8, 8) images with labels; sample {bad} is a file that cannot be decoded.\"\"\"
+
+    def __len__(self):
+        return 64
+
+    def __getitem__(self, index):
+        if index == {bad}:
+            raise OSError("cannot identify image file 'images/{bad}.png'")
+        return torch.randn(1, 8, 8, generator=torch.Generator().manual_seed(index)), torch.tensor(index % 10)
+"""
+
+
+def test_a_preflight_failure_on_one_rank_is_exit_2_on_every_rank_before_any_file(workdir):
+    # Rank 1 reads the second half of the first global batch: only it meets the bad sample.
+    order = ResumableBatchSampler(64, 32, seed=0, shuffle=True, drop_last=True).epoch_order(0)
+    bad = int(order[16:32][0])
+    (workdir / "bad_data.py").write_text(ONE_BAD_FILE.format(bad=bad))
+    document = dict(MLP_RUN, data={"batch_size": 32, "train": {"type": "bad_data.OneBadFile"}})
+    result = torchrun(workdir, "-c", str(write_config(workdir / "mlp.yaml", document)), timeout=180)
+    assert result.returncode != 0
+    message = (
+        f"rank 1: preflight: the first batch of data.train (bad_data.OneBadFile) cannot be read: sample {bad} of "
+        f"OneBadFile: OSError: cannot identify image file 'images/{bad}.png'"
+    )
+    assert result.stderr.count(f"error: {message}") == 2, result.stderr[-3000:]  # rank 0 and rank 1 alike
+    assert result.stderr.count("exitcode  : 2") == 2, result.stderr[-3000:]
+    assert not (workdir / "weights").exists() and not (workdir / "experiments").exists()

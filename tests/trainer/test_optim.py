@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from torch import nn
 
-from tests.conftest import tiny_config, write_config
+from tests.conftest import assert_bitwise_equal, load_params, tiny_config, write_config
 from tests.helpers import train_in_process
 from trainer.config import Component, TrainConfig, load_config
+from trainer.errors import InputError
 from trainer.numerics import NonFiniteGuard
-from trainer.optim import build_optimizer, load_keeping_implementation
+from trainer.optim import build_optimizer, build_scheduler, load_keeping_implementation, steps_on_metric
 from trainer.step import OptimizerStep
 from trainer.trainer import Trainer
 
@@ -119,3 +122,61 @@ def test_each_step_clears_the_gradients_and_an_optimizers_own_zero_grad_is_used(
     assert all(p.grad is None for p in model.parameters())
     assert any(not torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))  # it did step
     assert CountsZeroGrad.calls == (1 if optimizer_class is CountsZeroGrad else 0)
+
+
+# -- the lr scheduler ---------------------------------------------------------------------------
+
+# abs threshold 1.0: no later validation counts as better, so with patience 1 the lr halves at
+# the third validation (iteration 30); the checkpoint at 20 holds one "bad" validation already.
+PLATEAU_RUN = tiny_config(
+    scheduler={"type": "ReduceLROnPlateau", "factor": 0.5, "patience": 1, "threshold": 1.0, "threshold_mode": "abs"},
+    train={"total_iters": 40, "val_interval": 10},
+    checkpoint={"interval": 20},
+)
+
+
+def _scheduler_for(tmp_path, document: dict):
+    config = load_config(write_config(tmp_path / "config.yaml", document), [])
+    return build_scheduler(config, build_optimizer(config.optimizer, _model(), CPU))
+
+
+def test_plateau_steps_on_val_metric_in_val_mode_unless_the_config_says_otherwise(tmp_path):
+    assert _scheduler_for(tmp_path, tiny_config(scheduler={"type": "ReduceLROnPlateau"})).mode == "max"  # accuracy
+    with pytest.raises(InputError, match=r"config key scheduler.mode: ReduceLROnPlateau has mode 'min' but val.mode is 'max'"):
+        _scheduler_for(tmp_path, tiny_config(scheduler={"type": "ReduceLROnPlateau", "mode": "min"}))
+
+
+class TakesAMetric:
+    """A user scheduler whose step needs the metric, without being a ReduceLROnPlateau."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+
+    def step(self, metric):
+        self.seen = metric
+
+
+def test_a_scheduler_steps_on_the_metric_when_its_step_requires_an_argument():
+    optimizer = torch.optim.SGD(_model().parameters(), lr=0.1)
+    assert steps_on_metric(torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer))
+    assert steps_on_metric(TakesAMetric(optimizer))
+    assert not steps_on_metric(torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=10))
+    assert not steps_on_metric(None)
+
+
+def test_plateau_resume_from_iter_20_matches_the_uninterrupted_run_and_its_lr_drop(tmp_path, monkeypatch):
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    reference.mkdir()
+    (resumed / "weights").mkdir(parents=True)
+    monkeypatch.chdir(reference)
+    assert train_in_process(reference, PLATEAU_RUN) == 0
+    shutil.copy(reference / "weights/tiny_iter_20.pt", resumed / "weights")
+    monkeypatch.chdir(resumed)
+    assert train_in_process(resumed, PLATEAU_RUN, "resume_path=weights/tiny_iter_20.pt") == 0
+
+    at_20 = torch.load(reference / "weights/tiny_iter_20.pt", weights_only=True)
+    assert at_20["scheduler"]["num_bad_epochs"] == 1 and at_20["optimizer"]["param_groups"][0]["lr"] == 3e-3
+    final = [torch.load(root / "weights/tiny_iter_40.pt", weights_only=True) for root in (reference, resumed)]
+    assert final[0]["optimizer"]["param_groups"][0]["lr"] == 1.5e-3  # halved at iteration 30, stepped per validation
+    assert final[0]["scheduler"] == final[1]["scheduler"]
+    assert_bitwise_equal(load_params(resumed / "weights/tiny_iter_40.pth"), load_params(reference / "weights/tiny_iter_40.pth"))

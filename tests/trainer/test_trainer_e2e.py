@@ -159,7 +159,7 @@ def test_run_without_validation_writes_no_best_files(workdir):
     del document["data"]["val"]
     assert train_in_process(workdir, document, "train.total_iters=10") == 0
     names = {path.name for path in (workdir / "weights").iterdir()}
-    assert names == {"tiny_iter_10.pt", "tiny_iter_10.pth"}
+    assert names == {"tiny_iter_10.pt", "tiny_iter_10.pth", ".tiny.lock"}  # the run lock's file stays
 
 
 def test_min_mode_tracks_the_lowest_metric(workdir):
