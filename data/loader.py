@@ -125,6 +125,12 @@ class InProcessLoader:
         return len(self.sampler)
 
 
+def dataset_of(loader: DataLoader | InProcessLoader) -> Dataset:
+    """The dataset a loader from `build_loader` reads (inside its BatchFetcher)."""
+    fetcher = loader.fetcher if isinstance(loader, InProcessLoader) else loader.dataset
+    return fetcher.dataset
+
+
 def peek_batch(loader: DataLoader | InProcessLoader) -> Any:
     """The loader's first batch of epoch 0, fetched in this process.
 

@@ -43,7 +43,7 @@ def evaluate_weights(config_path: str, weights: str, overrides: list[str]) -> tu
     from trainer.config import Component, load_config
     from trainer.environment import import_plugins, resolve_device
     from trainer.errors import InputError
-    from trainer.evaluation import evaluate
+    from trainer.evaluation import bind_metrics, evaluate
     from trainer.registry import DATASETS, METRICS, MODELS, REPORTERS, build
 
     config = load_config(config_path, overrides)
@@ -62,6 +62,7 @@ def evaluate_weights(config_path: str, weights: str, overrides: list[str]) -> tu
     dataset = build(DATASETS, config.data.val, key="data.val")
     if len(dataset) == 0:
         raise InputError(f"config key data.val: the {config.data.val.type} dataset is empty; point it at data")
+    bind_metrics(metrics, dataset, f"data.val ({config.data.val.type})")  # as the Trainer does (bpb: bytes per token)
     loader = build_loader(
         dataset,
         batch_size=config.data.val_batch_size or config.data.batch_size,  # as in training: the same sums

@@ -41,6 +41,7 @@ def import_plugins(modules: list[str]) -> None:
             raise InputError(f"config key imports: cannot import {name!r} ({error}); check the module name") from None
     import data  # noqa: F401  (registers Kiln's datasets)
     import models  # noqa: F401  (registers Kiln's models)
+    import trainer.losses  # noqa: F401  (registers Kiln's losses)
     import trainer.metrics  # noqa: F401  (registers Kiln's metrics)
     import trainer.reporters  # noqa: F401  (registers Kiln's validation reporters)
 

@@ -1,4 +1,14 @@
-"""Validation: run the model over a loader and compute every metric exactly."""
+"""Validation: run the model over a loader and compute every metric exactly.
+
+A metric is called as `metric(output, targets) -> (sum, count)`, two scalar tensors on the
+device; its value is the sum over all batches and ranks divided by the count. Two optional,
+duck-typed hooks extend it:
+- `bind(dataset) -> None`: called once with the validation dataset, after it is built and
+  before anything is measured (the Trainer, tools/evaluate.py), for a metric that needs to
+  know the data (bpb reads the dataset's `token_bytes`). Raise InputError if it does not fit.
+- `finalize(value: float) -> float`: applied to sum / count at the end of `evaluate`, for a
+  value that is not a mean (perplexity = exp(mean nll), never a mean of batch perplexities).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +18,27 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from trainer.errors import InputError
+
 MetricFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def bind_metrics(metrics: dict[str, MetricFn], dataset: Any, where: str) -> None:
+    """Call `bind(dataset)` of each metric that has one; an InputError names the metric and `where`."""
+    for name, metric in metrics.items():
+        bind = getattr(metric, "bind", None)
+        if bind is None:
+            continue
+        try:
+            bind(dataset)
+        except InputError as error:
+            raise InputError(f"metric {name} on {where}: {error}") from None
+
+
+def finalize(metric: MetricFn, value: float) -> float:
+    """The metric's `finalize(value)` when it has one (perplexity: exp), else `value` itself."""
+    final = getattr(metric, "finalize", None)
+    return float(final(value)) if final is not None else value
 
 
 class Reporter(Protocol):
@@ -36,6 +66,9 @@ def evaluate(
 ) -> dict[str, float]:
     """Run `model` in eval mode over `batches`; return {metric name: value} over all samples.
 
+    Each value is sum / count over every batch and rank, passed through the metric's optional
+    `finalize` (module docstring).
+
     Sums and counts stay on the device and are read once at the end (one host sync per
     validation). `move` puts a batch on the model's device; `reduce` sums the (metrics, 2)
     totals across processes under torchrun. Each reporter sees every batch; the caller asks
@@ -57,4 +90,4 @@ def evaluate(
         totals += torch.stack([torch.stack(metrics[name](output, targets)).to(torch.float64) for name in names])
     model.train(was_training)
     sums, counts = reduce(totals).cpu().unbind(dim=1)
-    return {name: (sums[i] / counts[i]).item() for i, name in enumerate(names)}
+    return {name: finalize(metrics[name], (sums[i] / counts[i]).item()) for i, name in enumerate(names)}

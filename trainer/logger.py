@@ -10,6 +10,7 @@ from pathlib import Path
 
 from trainer.config import LoggingConfig
 from trainer.errors import TrainingError
+from trainer.throughput import Throughput, mfu
 from utils import console
 from utils.io import atomic_copy, atomic_write_text, unused_path
 
@@ -37,10 +38,18 @@ class Logger:
     """
 
     def __init__(
-        self, log_dir: Path, config: LoggingConfig, *, total_iters: int, start_iteration: int, enabled: bool = True
+        self,
+        log_dir: Path,
+        config: LoggingConfig,
+        *,
+        total_iters: int,
+        start_iteration: int,
+        enabled: bool = True,
+        throughput: Throughput | None = None,
     ) -> None:
         self.log_dir = log_dir
         self.enabled = enabled  # False on every torchrun rank but 0: nothing is printed or written
+        self.throughput = throughput or Throughput()  # numbers only: the Logger knows no model or dataset
         self._file = None
         self._writer = None
         self._bar = None
@@ -105,20 +114,38 @@ class Logger:
             self._writer.flush()
 
     def log_training(self, *, iteration: int, epoch: int, loss: float, lr: float) -> None:
-        """The periodic training line: iteration, epoch, loss, lr, it/s and ETA."""
+        """The periodic training line: iteration, epoch, loss, lr, it/s, samples/s (tokens/s, MFU) and ETA."""
         if not self.enabled:
             return
         now = time.perf_counter()
         speed = (iteration - self._last_iteration) / max(now - self._last_time, 1e-9)
         eta = datetime.timedelta(seconds=round((self._total - iteration) / max(speed, 1e-9)))
-        self.info(
-            f"iter {iteration}/{self._total} | epoch {epoch} | loss {loss:.4f} | lr {lr:.3e} | {speed:.1f} it/s | eta {eta}"
-        )
-        self.scalars({"train/loss": loss, "train/lr": lr}, iteration)
+        rates = self._rates(speed)
+        shown = f"{speed:.1f} it/s | {rates['samples_per_sec']:,.1f} samples/s"
+        if "tokens_per_sec" in rates:
+            shown += f" | {rates['tokens_per_sec']:,.0f} tokens/s"
+        if "mfu" in rates:
+            shown += f" | mfu {rates['mfu']:.1f}%"
+        self.info(f"iter {iteration}/{self._total} | epoch {epoch} | loss {loss:.4f} | lr {lr:.3e} | {shown} | eta {eta}")
+        self.scalars({"train/loss": loss, "train/lr": lr, **{f"train/{name}": value for name, value in rates.items()}}, iteration)
         if self._bar is not None:
             self._bar.update(iteration - self._last_iteration)
             self._bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
         self._last_time, self._last_iteration = now, iteration
+
+    def _rates(self, speed: float) -> dict[str, float]:
+        """samples_per_sec, and tokens_per_sec and mfu (in percent) where the run has the counts, at `speed` it/s.
+
+        From host-side numbers only (the interval's wall time and fixed counts): nothing is read
+        from the device for them.
+        """
+        counts = self.throughput
+        rates = {"samples_per_sec": speed * counts.samples_per_step}
+        if counts.tokens_per_sample is not None:
+            rates["tokens_per_sec"] = rates["samples_per_sec"] * counts.tokens_per_sample
+            if counts.flops_per_token is not None and counts.peak_flops:
+                rates["mfu"] = 100 * mfu(counts.flops_per_token, rates["tokens_per_sec"], counts.peak_flops)
+        return rates
 
     def log_validation(
         self,

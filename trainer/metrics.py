@@ -3,6 +3,8 @@ validation set is exact (sum of sums / sum of counts) however it is batched or s
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -24,6 +26,93 @@ class Accuracy:
         best = output.topk(self.topk, dim=1).indices  # (B, k)
         correct = (best == target[:, None]).any(dim=1).sum()
         return correct.to(torch.float64), torch.tensor(target.shape[0], dtype=torch.float64, device=target.device)
+
+
+# -- language models -----------------------------------------------------------------------------
+
+
+@METRICS.register(name="nll")
+class TokenNLL:
+    """Negative log-likelihood of the valid target tokens, in nats: (B, T, V) logits, (B, T) targets.
+
+    Returned as (sum of per-token NLL, number of valid tokens) in float64, so the value is the
+    exact mean over every token of the validation set; targets equal to `ignore_index`
+    (padding of the last window) count for nothing.
+    """
+
+    def __init__(self, ignore_index: int = -100) -> None:
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+            raise ValueError(f"ignore_index must be an integer (the target id that counts for nothing), got {ignore_index!r}")
+        self.ignore_index = ignore_index
+
+    def token_nll(self, output: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(..., V) logits and (...) targets -> ((N,) per-token NLL in float64, 0 where ignored; (N,) valid mask)."""
+        logits = output.flatten(0, -2)  # (B, T, V) -> (B*T, V)
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()  # a half-precision log-softmax would cost the figure its digits
+        flat = targets.flatten()
+        nll = F.cross_entropy(logits, flat, ignore_index=self.ignore_index, reduction="none")  # (B*T,), 0 if ignored
+        # float64 before summing: the sum over a whole validation set keeps every digit
+        return nll.to(torch.float64), flat != self.ignore_index
+
+    def __call__(self, output: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, V) logits and (B, T) targets -> (sum of NLL in nats, valid tokens), on device."""
+        nll, valid = self.token_nll(output, targets)
+        return nll.sum(), valid.sum().to(torch.float64)
+
+
+@METRICS.register(name="perplexity")
+class Perplexity(TokenNLL):
+    """exp of the mean NLL per token over the whole validation set (not a mean of batch perplexities)."""
+
+    def finalize(self, value: float) -> float:
+        """The mean NLL in nats -> perplexity; inf where exp overflows a float (NaN stays NaN)."""
+        try:
+            return math.exp(value)
+        except OverflowError:  # a mean NLL above ~709.78 nats: an untrained or diverged model
+            return math.inf
+
+
+@METRICS.register(name="bpb")
+class BitsPerByte(TokenNLL):
+    """Bits per byte of the original text: sum of NLL / ln 2 over the UTF-8 bytes of the valid targets.
+
+    Tokenizer-independent: a byte-level and a BPE model of the same text compare on it. The
+    byte length of each token id comes from the validation dataset's `token_bytes` (an int64
+    tensor of shape (vocab_size,)), read once by `bind`.
+    """
+
+    def __init__(self, ignore_index: int = -100) -> None:
+        super().__init__(ignore_index)
+        self.token_bytes: torch.Tensor | None = None  # (vocab_size,) float64, moved to the logits' device
+
+    def bind(self, dataset: object) -> None:
+        """Take the byte length of each token id from `dataset.token_bytes`; InputError without one."""
+        token_bytes = getattr(dataset, "token_bytes", None)
+        if token_bytes is None:
+            raise InputError(
+                f"bpb needs the UTF-8 byte length of each token id, and the {type(dataset).__name__} dataset has no "
+                "`token_bytes`; give the dataset a token_bytes attribute (an int64 tensor of shape (vocab_size,)) or "
+                "use metric nll instead"
+            )
+        token_bytes = torch.as_tensor(token_bytes)
+        if token_bytes.dim() != 1 or token_bytes.is_floating_point() or bool((token_bytes < 0).any()):
+            raise InputError(
+                f"the token_bytes of the {type(dataset).__name__} dataset must be a 1-D integer tensor of byte "
+                f"lengths >= 0 (one per token id), got {tuple(token_bytes.shape)} {token_bytes.dtype}"
+            )
+        self.token_bytes = token_bytes.to(torch.float64)
+
+    def __call__(self, output: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, V) logits and (B, T) targets -> (sum of NLL in bits, UTF-8 bytes of the valid targets)."""
+        if self.token_bytes is None:
+            raise RuntimeError("metric bpb was not bound to its dataset: call bind(dataset) before measuring")
+        if self.token_bytes.device != targets.device:
+            self.token_bytes = self.token_bytes.to(targets.device)  # once: it stays there
+        nll, valid = self.token_nll(output, targets)
+        ids = torch.where(valid, targets.flatten(), 0)  # an ignored target (-100) must not index
+        nbytes = torch.where(valid, self.token_bytes[ids], 0.0)
+        return nll.sum() / math.log(2), nbytes.sum()
 
 
 # -- image quality (super-resolution) ---------------------------------------------------------

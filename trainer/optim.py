@@ -1,10 +1,14 @@
-"""The optimizer (torch.optim's fused kernels by default, implementation flags that survive a resume)
-and the lr scheduler (stepped every iteration, or on val.metric at each validation)."""
+"""The optimizer (torch.optim's fused kernels by default, implementation flags that survive a resume,
+parameter groups selected by the config) and the lr scheduler (stepped every iteration, or on
+val.metric at each validation; composites such as SequentialLR built from nested specs)."""
 
 from __future__ import annotations
 
+import difflib
 import inspect
+import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,10 +32,15 @@ def build_optimizer(spec: Component, model: nn.Module, device: torch.device) -> 
     PyTorch's defaults use the per-tensor loop on CPU, whose many small ops dominate a small
     model's step; the fused kernels compute the same update in one pass per tensor (torchtitan
     makes the same choice). `fused: false` or `foreach: ...` in the config keeps PyTorch's choice.
+    `param_groups` in the spec splits the parameters into groups (see `param_groups`).
     """
+    groups = spec.kwargs.get("param_groups")
+    own = Component(spec.type, {key: value for key, value in spec.kwargs.items() if key != "param_groups"})
     parameters = list(model.parameters())
-    extra = {"fused": True} if _can_default_to_fused(spec, parameters, device) else {}
-    return build(OPTIMIZERS, spec, parameters, key="optimizer", **extra)
+    extra = {"fused": True} if _can_default_to_fused(own, parameters, device) else {}
+    if groups is not None:
+        return build(OPTIMIZERS, own, param_groups(own, groups, model), key="optimizer", **extra)
+    return build(OPTIMIZERS, own, parameters, key="optimizer", **extra)
 
 
 def _can_default_to_fused(spec: Component, parameters: Iterable[torch.Tensor], device: torch.device) -> bool:
@@ -45,6 +54,148 @@ def _can_default_to_fused(spec: Component, parameters: Iterable[torch.Tensor], d
     except InputError:  # an unknown type: build() reports it with the config key
         return False
     return target in FUSED_BY_DEFAULT and all(p.is_floating_point() for p in parameters)
+
+
+# -- parameter groups -----------------------------------------------------------------------
+
+# The keys of a config group that select parameters; every other key overrides an optimizer argument.
+SELECTORS = ("params", "ndim", "min_ndim", "max_ndim")
+# Arguments that pick how the whole step is computed (fused kernels, GradScaler support): a group
+# may not differ in them, torch.optim decides `_step_supports_amp_scaling` once per optimizer.
+_OPTIMIZER_WIDE = (*IMPLEMENTATION_KEYS, "differentiable")
+
+
+@dataclass(frozen=True)
+class GroupSelector:
+    """Which parameters one config group takes: a name regex (re.search) and/or bounds on ndim."""
+
+    key: str  # the config key, e.g. optimizer.param_groups[1], named in errors
+    pattern: re.Pattern | None = None
+    ndim: int | None = None
+    min_ndim: int | None = None
+    max_ndim: int | None = None
+
+    def selects(self, name: str, parameter: torch.Tensor) -> bool:
+        """Whether the parameter `name` satisfies every selector this group gives."""
+        dims = parameter.ndim
+        return (
+            (self.pattern is None or self.pattern.search(name) is not None)
+            and (self.ndim is None or dims == self.ndim)
+            and (self.min_ndim is None or dims >= self.min_ndim)
+            and (self.max_ndim is None or dims <= self.max_ndim)
+        )
+
+
+def param_groups(spec: Component, groups: Any, model: nn.Module) -> list[dict[str, Any]]:
+    """torch.optim param groups for `optimizer.param_groups`: the default group first, then the config's.
+
+    A parameter (named as `model.named_parameters()` names it, so a tied weight appears once)
+    goes to the first config group that selects it; the others form the default group, which
+    takes the top-level settings. A group that selects none of the model's parameters is an
+    error (almost always a typo in its pattern); one whose parameters all went to earlier groups
+    is left out, as is an empty default group (a catch-all such as `max_ndim: 1` after a name
+    pattern that took every bias and norm is no mistake).
+    """
+    if not isinstance(groups, list) or not all(isinstance(group, dict) for group in groups):
+        raise InputError(
+            f"config key optimizer.param_groups: got {groups!r}, expected a list of mappings such as "
+            "[{params: 'bias|norm', weight_decay: 0.0}, {max_ndim: 1, weight_decay: 0.0}]"
+        )
+    accepted = _group_arguments(spec)
+    parsed = [_parse_group(group, f"optimizer.param_groups[{index}]", accepted) for index, group in enumerate(groups)]
+    named = list(model.named_parameters())
+    members: list[list[torch.Tensor]] = [[] for _ in parsed]
+    rest = []
+    for name, parameter in named:
+        index = next((i for i, (selector, _) in enumerate(parsed) if selector.selects(name, parameter)), None)
+        (rest if index is None else members[index]).append(parameter)
+    result = [{"params": rest}] if rest else []
+    for (selector, overrides), chosen in zip(parsed, members, strict=True):
+        if not any(selector.selects(name, parameter) for name, parameter in named):
+            raise InputError(_selects_nothing(selector, named))
+        if chosen:
+            _check_group_values(spec, selector.key, chosen, overrides)
+            result.append({"params": chosen, **overrides})
+    return result
+
+
+def _group_arguments(spec: Component) -> list[str] | None:
+    """The optimizer arguments a group may override (None: it takes **kwargs, so any)."""
+    try:
+        target = OPTIMIZERS.get(spec.type)
+        parameters = inspect.signature(target).parameters
+    except (InputError, TypeError, ValueError):  # unknown type: build() reports it; no signature: any
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return None
+    return [name for name, p in parameters.items() if name != "params" and p.kind is not p.VAR_POSITIONAL]
+
+
+def _parse_group(group: dict, key: str, accepted: list[str] | None) -> tuple[GroupSelector, dict[str, Any]]:
+    """(selector, argument overrides) of one config group; InputError naming the key that is wrong."""
+    for name in group:
+        if name in SELECTORS:
+            continue
+        if name in _OPTIMIZER_WIDE:
+            raise InputError(
+                f"config key {key}.{name}: {name} applies to the whole optimizer step, not to one group; "
+                f"set optimizer.{name} instead"
+            )
+        if accepted is not None and name not in accepted:
+            overridable = [argument for argument in accepted if argument not in _OPTIMIZER_WIDE]
+            near = difflib.get_close_matches(str(name), [*SELECTORS, *overridable], n=1, cutoff=0.6)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            raise InputError(
+                f"config key {key}.{name}: unknown key{hint}; a group selects parameters with {', '.join(SELECTORS)} "
+                f"and overrides the optimizer's arguments ({', '.join(overridable)})"
+            )
+    if not any(name in group for name in SELECTORS):
+        raise InputError(
+            f"config key {key}: the group has no selector; give it params (a regex of parameter names), ndim, "
+            "min_ndim or max_ndim (the parameters no group selects form the default group already)"
+        )
+    dims = {name: _ndim(group, name, key) for name in SELECTORS[1:]}
+    selector = GroupSelector(key, _pattern(group.get("params"), f"{key}.params"), **dims)
+    return selector, {name: value for name, value in group.items() if name not in SELECTORS}
+
+
+def _pattern(value: Any, key: str) -> re.Pattern | None:
+    """The compiled `params` regex of a group (None when it has none)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InputError(f"config key {key}: got {value!r}, expected a regex string such as '(bias|norm)'")
+    try:
+        return re.compile(value)
+    except re.error as error:
+        raise InputError(f"config key {key}: {value!r} is not a valid regex ({error}); fix the pattern") from None
+
+
+def _ndim(group: dict, name: str, key: str) -> int | None:
+    """A group's ndim / min_ndim / max_ndim: an integer >= 0, or None when it has none."""
+    value = group.get(name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise InputError(f"config key {key}.{name}: got {value!r}, expected an integer >= 0 (a tensor's number of dims)")
+    return value
+
+
+def _selects_nothing(selector: GroupSelector, named: list[tuple[str, torch.Tensor]]) -> str:
+    """The error of a config group that selects none of the model's parameters, with examples of their names."""
+    examples = ", ".join(f"{name} ({parameter.ndim}-D)" for name, parameter in named[:4])
+    return (
+        f"config key {selector.key}: selects none of the model's parameters (they are named like {examples}, ...); "
+        "fix its params pattern or ndim bounds, or drop the group"
+    )
+
+
+def _check_group_values(spec: Component, key: str, parameters: list[torch.Tensor], overrides: dict) -> None:
+    """Let the optimizer validate a group's settings (a negative lr, a bad betas) now, with the key.
+
+    torch.optim checks only the top-level arguments in its constructor, so a group's are checked
+    by building a throwaway optimizer over the group's own parameters with the group's settings.
+    """
+    top = {name: value for name, value in spec.kwargs.items() if name not in _OPTIMIZER_WIDE}
+    build(OPTIMIZERS, Component(spec.type, {**top, **overrides}), parameters, key=key)
 
 
 def load_keeping_implementation(optimizer: torch.optim.Optimizer, load: Callable[[], None]) -> None:
@@ -69,13 +220,10 @@ def build_scheduler(config: Config, optimizer: torch.optim.Optimizer) -> Any | N
     spec = config.scheduler
     if spec is None:
         return None
-    try:
-        target = SCHEDULERS.get(spec.type)
-    except InputError:  # build() reports it with the config key
-        target = None
+    target = _scheduler_class(spec)
     takes_mode = inspect.isclass(target) and issubclass(target, torch.optim.lr_scheduler.ReduceLROnPlateau)
     extra = {"mode": config.val.mode} if takes_mode and "mode" in inspect.signature(target).parameters else {}
-    scheduler = build(SCHEDULERS, spec, optimizer, key="scheduler", **extra)
+    scheduler = build_schedule(spec, optimizer, "scheduler", **extra)
     if not steps_on_metric(scheduler):
         return scheduler
     if config.data.val is None:
@@ -90,6 +238,60 @@ def build_scheduler(config: Config, optimizer: torch.optim.Optimizer) -> Any | N
             f"({config.val.metric}); set scheduler.mode to {config.val.mode!r} or leave it out (it follows val.mode)"
         )
     return scheduler
+
+
+def build_schedule(spec: Component, optimizer: torch.optim.Optimizer, key: str, **extra: Any) -> Any:
+    """Build the scheduler `spec` over `optimizer`; nested scheduler specs in its kwargs are built first.
+
+    Any kwarg that is a list of `{type: ...}` mappings (SequentialLR's and ChainedScheduler's
+    `schedulers`) becomes a list of schedulers over the same optimizer, built in order as one
+    would by hand: each child's construction sets the lr, and the composite resets it.
+    """
+    kwargs, children = {}, {}
+    for name, value in spec.kwargs.items():
+        nested = _nested_specs(value, f"{key}.{name}")
+        if nested is None:
+            kwargs[name] = value
+        else:
+            children[name] = [build_schedule(child, optimizer, f"{key}.{name}[{i}]") for i, child in enumerate(nested)]
+    # The optimizer by name where the class has that argument: ChainedScheduler takes `schedulers` first.
+    target = _scheduler_class(spec)
+    by_name = target is not None and "optimizer" in _parameter_names(target)
+    args, named = ((), {"optimizer": optimizer}) if by_name else ((optimizer,), {})
+    return build(SCHEDULERS, Component(spec.type, kwargs), *args, key=key, **named, **extra, **children)
+
+
+def _nested_specs(value: Any, key: str) -> list[Component] | None:
+    """The scheduler specs in a kwarg that is a list of `{type: ...}` mappings, else None (a plain value)."""
+    if not isinstance(value, list) or not value or not all(isinstance(item, dict) for item in value):
+        return None
+    if not any("type" in item for item in value):
+        return None  # a list of mappings that are not specs: the class's own business
+    specs = []
+    for index, item in enumerate(value):
+        if not isinstance(item.get("type"), str) or not item["type"]:
+            raise InputError(
+                f"config key {key}[{index}]: got {item!r}, expected a scheduler spec such as "
+                "{type: LinearLR, start_factor: 0.01, total_iters: 100} (every item of the list needs a type)"
+            )
+        specs.append(Component(item["type"], {name: v for name, v in item.items() if name != "type"}))
+    return specs
+
+
+def _scheduler_class(spec: Component) -> Any | None:
+    """The class `spec.type` names, or None when it is unknown (build() then reports it with the key)."""
+    try:
+        return SCHEDULERS.get(spec.type)
+    except InputError:
+        return None
+
+
+def _parameter_names(target: Any) -> list[str]:
+    """The names of a callable's parameters ([] when it has no signature)."""
+    try:
+        return list(inspect.signature(target).parameters)
+    except (TypeError, ValueError):
+        return []
 
 
 def steps_on_metric(scheduler: Any) -> bool:

@@ -36,7 +36,7 @@ from trainer.config import Config
 from trainer.distributed import Distributed
 from trainer.errors import InputError
 from trainer.evaluation import MetricFn, Reporter
-from trainer.step import OptimizerStep
+from trainer.step import OptimizerStep, sums_over_elements
 from utils.seed import get_rng_state, set_rng_state
 
 T = TypeVar("T")
@@ -150,6 +150,15 @@ def _private_copy(loss_fn: Callable) -> Callable:
         return loss_fn
 
 
+def _training_loss(loss_fn: Callable, output: torch.Tensor, targets: Any) -> torch.Tensor:
+    """The loss as OptimizerStep backpropagates it: loss_sum / loss_count for a loss with the
+    summed-loss protocol (trainer/step.py), else loss(output, targets)."""
+    if not sums_over_elements(loss_fn):
+        return loss_fn(output, targets)
+    count = torch.as_tensor(loss_fn.loss_count(targets)).to(torch.float64)
+    return loss_fn.loss_sum(output, targets) / torch.where(count > 0, count, torch.ones_like(count))
+
+
 def _check_training(
     config: Config, model: nn.Module, loss_fn: Callable, step: OptimizerStep, batch: tuple[Any, Any]
 ) -> None:
@@ -161,7 +170,7 @@ def _check_training(
     with step.autocast():
         output = _stage(f"the model ({config.model.type}) {where}", fit, model, inputs, inputs=inputs)
         shapes = {"output": output, "targets": targets}
-        loss = _stage(f"the loss ({config.loss.type}) {where}", fit, loss_fn, output, targets, **shapes)
+        loss = _stage(f"the loss ({config.loss.type}) {where}", fit, _training_loss, loss_fn, output, targets, **shapes)
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         got = f"shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else f"a {type(loss).__name__}"
         raise InputError(

@@ -1,9 +1,24 @@
-"""One optimizer step: micro-batches under autocast, scaled backward, unscale + clip, step, EMA."""
+"""One optimizer step: micro-batches under autocast, scaled backward, unscale + clip, step, EMA.
+
+The summed-loss protocol. A loss that averages over a variable number of elements (valid
+tokens of a language model, unmasked pixels) may define two methods besides `__call__`:
+
+    loss_sum(output, targets) -> Tensor   # scalar: the sum of the per-element losses
+    loss_count(targets) -> Tensor         # scalar: how many elements loss_sum summed (int64, on device)
+
+(`loss(output, targets) == loss_sum(output, targets) / loss_count(targets)`; see
+trainer.losses.TokenCrossEntropy.) OptimizerStep then divides each micro-batch's summed loss by
+the number of valid elements in the whole step, counted from every micro-batch's targets and,
+under DDP/FSDP, over every rank, so that k micro-batches of B/k give the loss and gradients of
+one batch of B. Dividing each micro-batch's mean by k instead weights a micro-batch with few
+valid tokens like one with many: the gradient-accumulation bug HF transformers fixed in PR
+#34191 (v4.46). A loss without both methods keeps the mean over micro-batches.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -11,9 +26,15 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from trainer.config import TrainConfig
+from trainer.distributed import Distributed
 from trainer.numerics import NonFiniteGuard, check_skip_support, step_unless
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def sums_over_elements(loss_fn: Callable) -> bool:
+    """Whether `loss_fn` implements the summed-loss protocol (both `loss_sum` and `loss_count`)."""
+    return callable(getattr(loss_fn, "loss_sum", None)) and callable(getattr(loss_fn, "loss_count", None))
 
 
 def build_ema(model: nn.Module, decay: float | None) -> AveragedModel | None:
@@ -27,7 +48,11 @@ class OptimizerStep:
     """Runs one optimizer step over `train.accumulate` micro-batches.
 
     The loss of each micro-batch is divided by the number of micro-batches, so the gradient is
-    that of their mean. Under DDP only the last micro-batch synchronises gradients. With
+    that of their mean; a loss with the summed-loss protocol (module docstring) is instead
+    divided by the step's number of valid elements over all micro-batches and ranks, and the
+    value returned is then this rank's share of the step's element mean (times world_size: the
+    mean over ranks, which the Trainer logs, is the step's exact mean). Under DDP only the
+    last micro-batch synchronises gradients. With
     amp fp16 a GradScaler scales the loss; gradients are unscaled before clipping. With
     nan_policy skip a step with a non-finite loss or gradient is skipped on the device and
     counted by the NonFiniteGuard. Nothing here reads a value back to the host (GradScaler
@@ -46,6 +71,7 @@ class OptimizerStep:
         guard: NonFiniteGuard,
         config: TrainConfig,
         device: torch.device,
+        dist: Distributed | None = None,
     ) -> None:
         self.model = model  # the module that runs forward: compiled and/or DDP-wrapped
         self.raw_model = raw_model  # the plain module whose weights the EMA follows
@@ -54,6 +80,8 @@ class OptimizerStep:
         self.scheduler = scheduler
         self.ema = ema
         self.guard = guard
+        self.dist = dist or Distributed()  # whose ranks share the count of valid elements
+        self.sums_elements = sums_over_elements(loss_fn)
         self.skip_bad_steps = config.nan_policy == "skip"
         self.accumulate = config.accumulate
         self.grad_clip = config.grad_clip
@@ -66,15 +94,10 @@ class OptimizerStep:
 
     def __call__(self, micro_batches: Iterable[tuple[Any, Any]]) -> torch.Tensor:
         """Train on `accumulate` (inputs, targets) micro-batches; return their mean loss (on device)."""
-        total = None
-        for index, (inputs, targets) in enumerate(micro_batches):
-            last = index == self.accumulate - 1
-            with self._gradient_sync(last), self.autocast():
-                loss = self.loss_fn(self.model(inputs), targets)
-                if self.accumulate > 1:
-                    loss = loss / self.accumulate
-            self.scaler.scale(loss).backward()
-            total = loss.detach() if total is None else total + loss.detach()
+        if self.sums_elements:
+            total = self._backward_element_mean(list(micro_batches))
+        else:
+            total = self._backward_micro_batch_mean(micro_batches)
         grad_norm = None
         if self.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
@@ -94,6 +117,48 @@ class OptimizerStep:
         if self.ema is not None:
             self.ema.update_parameters(self.raw_model)
         return total
+
+    def _backward_micro_batch_mean(self, micro_batches: Iterable[tuple[Any, Any]]) -> torch.Tensor:
+        """Backward of each micro-batch's loss / accumulate; return their sum (the mean loss)."""
+        total = None
+        for index, (inputs, targets) in enumerate(micro_batches):
+            last = index == self.accumulate - 1
+            with self._gradient_sync(last), self.autocast():
+                loss = self.loss_fn(self.model(inputs), targets)
+                if self.accumulate > 1:
+                    loss = loss / self.accumulate
+            self.scaler.scale(loss).backward()
+            total = loss.detach() if total is None else total + loss.detach()
+        return total
+
+    def _backward_element_mean(self, micro_batches: Sequence[tuple[Any, Any]]) -> torch.Tensor:
+        """Backward of each micro-batch's loss_sum / the step's valid elements per rank; return their sum.
+
+        The micro-batches are all on hand (__call__ lists them; they are small): the count must
+        be known before the first backward. DDP still synchronises on the last one only.
+        """
+        per_rank = self._elements_per_rank([targets for _, targets in micro_batches])
+        total = None
+        for index, (inputs, targets) in enumerate(micro_batches):
+            last = index == len(micro_batches) - 1
+            with self._gradient_sync(last), self.autocast():
+                summed = self.loss_fn.loss_sum(self.model(inputs), targets)
+                loss = summed / per_rank.to(summed.dtype)
+            self.scaler.scale(loss).backward()
+            total = loss.detach() if total is None else total + loss.detach()
+        return total
+
+    def _elements_per_rank(self, targets: Sequence[Any]) -> torch.Tensor:
+        """The step's valid elements over all micro-batches and ranks, / world_size (float64, on device).
+
+        DDP and FSDP average the ranks' gradients, so each rank divides by count / world_size to
+        make the result the gradient of sum / count. The all_reduce is a device op, no host
+        sync. A step with no valid element counts 1, so its loss and gradient are 0, not NaN.
+        """
+        # float64: exact for any integer count below 2**53 (and a weighted, fractional count works)
+        count = torch.stack([torch.as_tensor(self.loss_fn.loss_count(t)).to(torch.float64) for t in targets]).sum()
+        count = self.dist.all_reduce_sum(count)
+        return torch.where(count > 0, count, torch.ones_like(count)) / self.dist.world_size
 
     def _clear_gradients(self) -> None:
         """optimizer.zero_grad(set_to_none=True), without its per-call profiler record when it is torch's own."""

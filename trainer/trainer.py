@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from data.loader import describe_error
+from data.loader import dataset_of, describe_error
 from trainer import distributed
 from trainer.checkpoint import (
     KEY_BEST,
@@ -26,7 +26,7 @@ from trainer.checkpoint import (
 from trainer.config import Component, Config, dump_config
 from trainer.environment import check_output_dirs, configure_backends, import_plugins, resolve_device, wants_cuda
 from trainer.errors import InputError, TrainingError
-from trainer.evaluation import evaluate
+from trainer.evaluation import bind_metrics, evaluate
 from trainer.logger import Logger
 from trainer.numerics import FIXES, NonFiniteGuard, weights_are_finite
 from trainer.optim import build_optimizer, build_scheduler, steps_on_metric
@@ -45,6 +45,7 @@ from trainer.restore import (
 from trainer.runlock import RunLock
 from trainer.signals import StopSignals
 from trainer.step import OptimizerStep, build_ema
+from trainer.throughput import describe_throughput
 from utils.seed import get_rng_state, seed_everything, set_rng_state
 
 
@@ -153,6 +154,7 @@ class Trainer:
             guard=self.guard,
             config=config.train,
             device=self.device,
+            dist=self.dist,  # a loss that counts its tokens counts them over every rank
         )
 
     def _preflight(self) -> None:
@@ -176,6 +178,8 @@ class Trainer:
         dataset = build(DATASETS, spec, key=key)
         if len(dataset) == 0:
             raise InputError(f"config key {key}: the {spec.type} dataset is empty; point it at data")
+        if not train:  # the set the metrics measure: those that need it (bpb: bytes per token) see it once
+            bind_metrics(self.metrics, dataset, f"{key} ({spec.type})")
         if batch_size % self.dist.world_size:
             raise InputError(
                 f"config key data.{'batch_size' if train else 'val_batch_size'}: {batch_size} does not split evenly "
@@ -319,6 +323,13 @@ class Trainer:
             total_iters=config.train.total_iters,
             start_iteration=self.iteration,
             enabled=self.dist.is_main,
+            throughput=describe_throughput(  # the counts that turn it/s into samples/s, tokens/s and MFU
+                self.model,
+                dataset_of(self.train_loader),
+                samples_per_step=config.data.batch_size * config.train.accumulate,  # data.batch_size is global
+                device=self.device,
+                world_size=self.dist.world_size,
+            ),
         )
         for note in notes:
             logger.info(note)

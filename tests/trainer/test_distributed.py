@@ -156,13 +156,13 @@ import torch
 class RankOneNaN(torch.nn.CrossEntropyLoss):
     \"\"\"Cross-entropy that is NaN on rank 1's tenth training step only.\"\"\"
 
-    calls = 0
+    calls = 0  # per instance: Kiln's preflight check runs a copy of the loss, which must not count
 
     def forward(self, output, target):
         loss = super().forward(output, target)
         if self.training:
-            RankOneNaN.calls += 1
-            if os.environ.get("RANK") == "1" and RankOneNaN.calls == 10:
+            self.calls += 1
+            if os.environ.get("RANK") == "1" and self.calls == 10:
                 return loss * float("nan")
         return loss
 """
@@ -297,3 +297,23 @@ def test_a_preflight_failure_on_one_rank_is_exit_2_on_every_rank_before_any_file
     assert result.stderr.count(f"error: {message}") == 2, result.stderr[-3000:]  # rank 0 and rank 1 alike
     assert result.stderr.count("exitcode  : 2") == 2, result.stderr[-3000:]
     assert not (workdir / "weights").exists() and not (workdir / "experiments").exists()
+
+
+def test_under_torchrun_a_held_run_lock_stops_every_rank_with_exit_2(workdir):
+    """Rank 0 takes the lock; when another process holds it, every rank exits 2 and nothing is written."""
+    from trainer.runlock import RunLock
+
+    config = write_config(workdir / "mlp.yaml", MLP_RUN)
+    holder = RunLock("mlp", [workdir / "experiments"])
+    holder.acquire()
+    try:
+        result = torchrun(workdir, "-c", str(config), "train.total_iters=5", timeout=180)
+    finally:
+        holder.release()
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 2, result.stderr[-3000:]  # one per rank
+    assert f"error: experiment mlp is already running: pid {os.getpid()} on host" in lines[0] + lines[1]
+    assert str(TRAIN_PY.parent / "trainer") not in result.stderr  # no traceback through Kiln (torchrun prints its own)
+    assert not (workdir / "experiments" / "mlp").exists()
+    assert not list((workdir / "weights").glob("mlp_*"))

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from tests.conftest import assert_bitwise_equal, load_params, tiny_config, write_config
-from tests.helpers import train_in_process
+from tests.helpers import train_in_dir, train_in_process
 from trainer.config import Component, TrainConfig, load_config
 from trainer.errors import InputError
 from trainer.numerics import NonFiniteGuard
@@ -180,3 +182,205 @@ def test_plateau_resume_from_iter_20_matches_the_uninterrupted_run_and_its_lr_dr
     assert final[0]["optimizer"]["param_groups"][0]["lr"] == 1.5e-3  # halved at iteration 30, stepped per validation
     assert final[0]["scheduler"] == final[1]["scheduler"]
     assert_bitwise_equal(load_params(resumed / "weights/tiny_iter_40.pth"), load_params(reference / "weights/tiny_iter_40.pth"))
+
+
+# -- parameter groups ---------------------------------------------------------------------------
+
+
+class TiedNet(nn.Module):
+    """Embedding, linear, norm and a head tied to the embedding: the shapes an LM's groups care about."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.wte = nn.Embedding(10, 8)
+        self.fc = nn.Linear(8, 8)
+        self.ln_f = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 10, bias=False)
+        self.head.weight = self.wte.weight  # named_parameters() names it once, as wte.weight
+
+
+def _groups(optimizer: torch.optim.Optimizer, model: nn.Module) -> list[tuple[list[str], float, float]]:
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    return [([names[id(p)] for p in group["params"]], group["lr"], group["weight_decay"]) for group in optimizer.param_groups]
+
+
+def _grouped(*groups: dict, **top) -> Component:
+    return Component("AdamW", {"lr": 1e-3, "weight_decay": 0.1, **top, "param_groups": list(groups)})
+
+
+def test_nanogpts_rule_decays_only_tensors_of_two_or_more_dims():
+    model = TiedNet()
+    optimizer = build_optimizer(_grouped({"max_ndim": 1, "weight_decay": 0.0}), model, CPU)
+    assert _groups(optimizer, model) == [
+        (["wte.weight", "fc.weight"], 1e-3, 0.1),  # the default group, first: the top-level settings
+        (["fc.bias", "ln_f.weight", "ln_f.bias"], 1e-3, 0.0),
+    ]
+    assert all(group["fused"] is True for group in optimizer.param_groups)  # the fused default still applies
+
+
+def test_a_parameter_goes_to_the_first_group_that_selects_it_and_groups_override_any_argument():
+    model = TiedNet()
+    spec = _grouped({"params": "(bias|ln_|wte)", "weight_decay": 0.0, "lr": 5e-4}, {"ndim": 2, "betas": [0.8, 0.9]})
+    optimizer = build_optimizer(spec, model, CPU)
+    assert _groups(optimizer, model) == [
+        (["wte.weight", "fc.bias", "ln_f.weight", "ln_f.bias"], 5e-4, 0.0),
+        (["fc.weight"], 1e-3, 0.1),
+    ]
+    assert optimizer.param_groups[1]["betas"] == [0.8, 0.9] and optimizer.param_groups[0]["betas"] == (0.9, 0.999)
+    # a catch-all whose parameters all went to an earlier group is left out, not an error
+    optimizer = build_optimizer(_grouped({"params": "bias|ln_"}, {"max_ndim": 1, "lr": 1.0}), model, CPU)
+    assert [names for names, _, _ in _groups(optimizer, model)] == [
+        ["wte.weight", "fc.weight"],
+        ["fc.bias", "ln_f.weight", "ln_f.bias"],
+    ]
+
+
+GROUP = r"^config key optimizer.param_groups\[0\]"
+
+
+@pytest.mark.parametrize(
+    ("groups", "message"),
+    [
+        ([{"params": "(bias"}], GROUP + r".params: '\(bias' is not a valid regex \(missing \)"),
+        ([{"ndim": 1}, {"params": "^norm"}], r"groups\[1\]: selects none of the model's parameters \(.* wte.weight \(2-D\)"),
+        ([{"dim": 1, "weight_decay": 0.0}], GROUP + r".dim: unknown key \(did you mean ndim\?\); a group selects"),
+        ([{"ndim": 1, "weigth_decay": 0.0}], GROUP + r".weigth_decay: unknown key \(did you mean weight_decay\?\)"),
+        ([{"max_ndim": "1"}], GROUP + r".max_ndim: got '1', expected an integer >= 0"),
+        ([{"params": ["bias"]}], GROUP + r".params: got \['bias'\], expected a regex string"),
+        ([{"lr": 0.1}], GROUP + r": the group has no selector"),
+        ([{"ndim": 1, "fused": False}], GROUP + r".fused: fused applies to the whole optimizer step"),
+        ([{"ndim": 1, "lr": -1.0}], GROUP + r": optimizer AdamW: Invalid learning rate: -1.0"),
+        ("bias", r"^config key optimizer.param_groups: got 'bias', expected a list of mappings"),
+    ],
+)
+def test_a_wrong_group_is_one_error_naming_its_key(groups, message):
+    with pytest.raises(InputError, match=message):
+        build_optimizer(Component("AdamW", {"lr": 1e-3, "param_groups": groups}), TiedNet(), CPU)
+
+
+# -- composite schedulers ------------------------------------------------------------------------
+
+WARMUP_COSINE = {
+    "type": "SequentialLR",
+    "schedulers": [{"type": "LinearLR", "start_factor": 0.01, "total_iters": 5}, {"type": "CosineAnnealingLR", "T_max": 15}],
+    "milestones": [5],
+}
+CHAINED = {
+    "type": "ChainedScheduler",
+    "schedulers": [{"type": "LinearLR", "start_factor": 0.1, "total_iters": 5}, {"type": "ExponentialLR", "gamma": 0.9}],
+}
+
+
+def _by_hand(name: str, optimizer: torch.optim.Optimizer):
+    schedulers = torch.optim.lr_scheduler
+    if name == "SequentialLR":
+        warmup = schedulers.LinearLR(optimizer, start_factor=0.01, total_iters=5)
+        cosine = schedulers.CosineAnnealingLR(optimizer, T_max=15)
+        return schedulers.SequentialLR(optimizer, [warmup, cosine], milestones=[5])
+    linear = schedulers.LinearLR(optimizer, start_factor=0.1, total_iters=5)
+    return schedulers.ChainedScheduler([linear, schedulers.ExponentialLR(optimizer, gamma=0.9)], optimizer=optimizer)
+
+
+@pytest.mark.parametrize("spec", [WARMUP_COSINE, CHAINED], ids=lambda spec: spec["type"])
+def test_nested_scheduler_specs_give_the_lrs_of_the_same_schedulers_built_by_hand(tmp_path, spec):
+    groups = [{"params": "bias", "lr": 1e-2}]
+    document = tiny_config(optimizer={"type": "AdamW", "lr": 1e-3, "param_groups": groups}, scheduler=spec)
+    config = load_config(write_config(tmp_path / "config.yaml", document), [])
+    model = _model()
+    optimizer = build_optimizer(config.optimizer, model, CPU)
+    scheduler = build_scheduler(config, optimizer)
+    weights, biases = [model[0].weight, model[2].weight], [model[0].bias, model[2].bias]
+    hand_optimizer = torch.optim.AdamW([{"params": weights}, {"params": biases, "lr": 1e-2}], lr=1e-3)
+    hand = _by_hand(spec["type"], hand_optimizer)
+    seen = []
+    for _ in range(20):
+        assert scheduler.get_last_lr() == hand.get_last_lr()
+        assert [g["lr"] for g in optimizer.param_groups] == [g["lr"] for g in hand_optimizer.param_groups]
+        seen.append(optimizer.param_groups[0]["lr"])
+        for each_optimizer, each_scheduler in ((optimizer, scheduler), (hand_optimizer, hand)):
+            each_optimizer.step()  # no gradients: a no-op that keeps the scheduler's order warning away
+            each_scheduler.step()
+    if spec is WARMUP_COSINE:
+        assert seen[0] == pytest.approx(1e-5) and seen[5] == 1e-3 and seen[4] < seen[5] > seen[6]  # warm up, then decay
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "message"),
+    [
+        (
+            {**WARMUP_COSINE, "milestones": [5, 10]},
+            r"^config key scheduler: scheduler SequentialLR: Sequential Schedulers expects",
+        ),
+        (
+            {**WARMUP_COSINE, "schedulers": [{"type": "LinearLR"}, {"T_max": 15}]},
+            r"^config key scheduler.schedulers\[1\]: got \{'T_max': 15\}, expected a scheduler spec",
+        ),
+        (
+            {**WARMUP_COSINE, "schedulers": [{"type": "LinearLR"}, {"type": "CosineAnnealingLR", "T_mx": 15}]},
+            r"^config key scheduler.schedulers\[1\]: scheduler CosineAnnealingLR: got an unexpected keyword argument",
+        ),
+    ],
+)
+def test_a_wrong_nested_scheduler_is_one_error_naming_its_key(tmp_path, scheduler, message):
+    with pytest.raises(InputError, match=message):
+        _scheduler_for(tmp_path, tiny_config(scheduler=scheduler))
+
+
+# -- both, through a resume ----------------------------------------------------------------------
+
+# Two param groups and a warmup of 15 iterations then cosine: the resume at 10 is mid-warmup and
+# the resumed run crosses the milestone.
+GROUPED_WARMUP_RUN = tiny_config(
+    optimizer={
+        "type": "AdamW",
+        "lr": 3e-3,
+        "weight_decay": 0.1,
+        "param_groups": [{"max_ndim": 1, "weight_decay": 0.0, "lr": 1e-3}],
+    },
+    scheduler={
+        "type": "SequentialLR",
+        "schedulers": [{"type": "LinearLR", "start_factor": 0.01, "total_iters": 15}, {"type": "CosineAnnealingLR", "T_max": 10}],
+        "milestones": [15],
+    },
+    train={"total_iters": 20, "val_interval": 10},
+)
+
+
+@pytest.fixture(scope="module")
+def grouped_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("grouped_reference")
+    assert train_in_dir(root, GROUPED_WARMUP_RUN) == 0
+    return root
+
+
+def test_resume_mid_warmup_with_two_param_groups_matches_the_uninterrupted_run(grouped_reference, workdir):
+    (workdir / "weights").mkdir()
+    shutil.copy(grouped_reference / "weights/tiny_iter_10.pt", workdir / "weights")
+    assert train_in_process(workdir, GROUPED_WARMUP_RUN, "resume_path=weights/tiny_iter_10.pt") == 0
+    final = [torch.load(root / "weights/tiny_iter_20.pt", weights_only=True) for root in (grouped_reference, workdir)]
+    groups = final[0]["optimizer"]["param_groups"]
+    assert [(len(g["params"]), g["weight_decay"]) for g in groups] == [(4, 0.1), (4, 0.0)]  # SimpleCNN: 4 weights, 4 biases
+    assert final[0]["scheduler"]["_milestones"] == [15] and len(final[0]["scheduler"]["_schedulers"]) == 2
+    assert final[0]["scheduler"] == final[1]["scheduler"]
+    assert final[0]["optimizer"]["param_groups"] == final[1]["optimizer"]["param_groups"]
+    moments = [{f"{i}.{k}": v for i, state in opt["optimizer"]["state"].items() for k, v in state.items()} for opt in final]
+    assert_bitwise_equal(*moments)
+    assert_bitwise_equal(*(load_params(root / "weights/tiny_iter_20.pth") for root in (workdir, grouped_reference)))
+
+
+def test_resume_schedule_extend_gives_each_group_the_configs_settings(grouped_reference, workdir):
+    (workdir / "weights").mkdir()
+    shutil.copy(grouped_reference / "weights/tiny_iter_10.pt", workdir / "weights")
+    document = copy.deepcopy(GROUPED_WARMUP_RUN)
+    document["optimizer"]["param_groups"][0]["weight_decay"] = 0.05
+    overrides = ["resume_path=weights/tiny_iter_10.pt", "resume_schedule=extend"]
+    trainer = Trainer(load_config(write_config(workdir / "config.yaml", document), overrides))
+    try:
+        saved = torch.load(grouped_reference / "weights/tiny_iter_10.pt", weights_only=True)["optimizer"]["param_groups"]
+        groups = trainer.optimizer.param_groups
+        assert [g["weight_decay"] for g in groups] == [0.1, 0.05]  # the config's, not the checkpoint's 0.0
+        assert [g["lr"] for g in groups] == [g["lr"] for g in saved]  # the same schedule, stepped to iteration 10
+        assert all(g["fused"] is True for g in groups)
+    finally:
+        trainer.close()

@@ -74,7 +74,7 @@ def test_log_directory_has_train_log_resolved_config_and_tensorboard(finished_ru
     workdir, result = finished_run
     log_dir = workdir / "experiments" / "tiny"
     log = (log_dir / "train.log").read_text()
-    assert re.search(r"iter 5/30 \| epoch 0 \| loss \d+\.\d+ \| lr [\d.e+-]+ \| [\d.]+ it/s \| eta ", log)
+    assert re.search(r"iter 5/30 \| epoch 0 \| loss \d+\.\d+ \| lr [\d.e+-]+ \| [\d.]+ it/s \| [\d.,]+ samples/s \| eta ", log)
     assert "validation @ iter 30: accuracy" in log
     assert "iter 5/30" in result.stdout  # the console shows the same lines
     resolved = yaml.safe_load((log_dir / "config.yaml").read_text())
