@@ -97,17 +97,39 @@ def from_environment(use_cuda: bool) -> Distributed:
 
 
 def shard_model(model: torch.nn.Module) -> None:
-    """Shard `model` in place with FSDP2: every direct child that holds parameters, then the root.
+    """Shard `model` in place with FSDP2: each unit `_shard_units` picks, then the root.
 
-    Sharding children separately lets FSDP free one child's gathered parameters before the next
-    is gathered; the root call covers the parameters that sit directly on the model.
+    Sharding units separately lets FSDP free one unit's gathered parameters before the next is
+    gathered; the root call covers the parameters that sit directly on the model and the units
+    left out because they share a parameter (tied embeddings).
     """
     from torch.distributed.fsdp import fully_shard
 
-    for child in model.children():
-        if any(True for _ in child.parameters()):
-            fully_shard(child)
+    for unit in _shard_units(model):
+        fully_shard(unit)
     fully_shard(model)
+
+
+def _shard_units(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules to shard on their own: the model's children that hold parameters, looking
+    inside containers without a forward (ModuleDict, ModuleList: a GPT's `transformer` and its
+    blocks), except modules that share a parameter with another unit (a GPT's `wte` and
+    `lm_head`): FSDP2 cannot shard one parameter in two units, so those stay with the root."""
+    candidates: list[torch.nn.Module] = []
+
+    def visit(module: torch.nn.Module) -> None:
+        for child in module.children():
+            if isinstance(child, (torch.nn.ModuleDict, torch.nn.ModuleList)):
+                visit(child)
+            elif any(True for _ in child.parameters()):
+                candidates.append(child)
+
+    visit(model)
+    owners: dict[int, int] = {}
+    for index, unit in enumerate(candidates):
+        for parameter in unit.parameters():
+            owners[id(parameter)] = -1 if owners.get(id(parameter), index) != index else index
+    return [unit for index, unit in enumerate(candidates) if all(owners[id(p)] == index for p in unit.parameters())]
 
 
 def is_sharded(model: torch.nn.Module) -> bool:

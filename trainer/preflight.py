@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from data.loader import describe_error, peek_batch
+from data.loader import dataset_of, describe_error, peek_batch
 from trainer.config import Config
 from trainer.distributed import Distributed
 from trainer.errors import InputError
@@ -61,6 +61,7 @@ def preflight(
     """
     model = step.raw_model
     train_loader, val_loader = loaders
+    _check_model_takes_data(model, train_loader, val_loader)
     with _leaving_no_trace(model), warnings.catch_warnings():
         # The first step warns about the same things again; a failure here is the one line instead.
         warnings.simplefilter("ignore")
@@ -74,6 +75,17 @@ def preflight(
             failure = _agree(failure, dist, device)
     if failure is not None:
         raise InputError(failure)
+
+
+def _check_model_takes_data(model: nn.Module, train_loader: Any, val_loader: Any | None) -> None:
+    """A model's own `check_data(dataset, key)` hook (GPT: vocabulary and context size against the
+    dataset's), with each dataset; its InputError names the key. Same on every rank: no agreement needed."""
+    check = getattr(model, "check_data", None)
+    if check is None:
+        return
+    check(dataset_of(train_loader), key="data.train")
+    if val_loader is not None:
+        check(dataset_of(val_loader), key="data.val")
 
 
 def _attempt(check: Callable[..., T], *args: Any) -> tuple[str | None, T | None]:
