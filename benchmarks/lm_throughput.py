@@ -298,6 +298,10 @@ def report(case: Case, config: Config, results: Results) -> None:
         f"  ratio kiln/hand {rates['kiln'] / rates['hand']:.3f} (per-run pairs: median {middle:.3f}, quartiles "
         f"{lower:.3f}-{upper:.3f}; fastest runs {fastest:.3f}; target >= 1.0)"
     )
+    runs = "; ".join(
+        f"{side} " + " ".join(f"{tokens / seconds:,.0f}" for seconds in results.seconds[side]) for side in ("hand", "kiln")
+    )
+    print(f"  tokens/s of each run, in repeat order: {runs}")
     print(f"  not timed: Trainer construction (incl. preflight) median {median(results.construction):.2f} s")
 
 
