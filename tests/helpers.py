@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from tests.conftest import write_config
@@ -25,3 +26,30 @@ def train_in_dir(workdir: Path, document: dict, *overrides: str) -> int:
         return train_in_process(workdir, document, *overrides)
     finally:
         os.chdir(previous)
+
+
+def iterations_reading_the_device(trainer, monkeypatch) -> list[int]:
+    """Train `trainer` to the end (then close it); return the iteration of every read of a tensor's
+    value back to the host (.item(), .tolist(), float(), bool(), .cpu()) made by Kiln's own code."""
+    import torch
+
+    from tests.conftest import REPO
+
+    reads_at: list[int] = []
+
+    def counting(method):
+        def wrapper(self, *args, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if caller.startswith(str(REPO)) and "/tests/" not in caller and "/.venv/" not in caller:
+                reads_at.append(trainer.iteration)
+            return method(self, *args, **kwargs)
+
+        return wrapper
+
+    for name in ("item", "tolist", "__float__", "__bool__", "cpu"):
+        monkeypatch.setattr(torch.Tensor, name, counting(getattr(torch.Tensor, name)))
+    try:
+        assert trainer.fit() == 0
+    finally:
+        trainer.close()
+    return reads_at

@@ -5,9 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import torch
-
 from tests.conftest import REPO, tiny_config
+from tests.helpers import iterations_reading_the_device
 from trainer.config import config_from_dict
 from trainer.trainer import Trainer
 
@@ -20,23 +19,7 @@ def test_values_are_read_back_only_at_logging_validation_and_save_steps(workdir,
     document = tiny_config(train={"total_iters": 200, "val_interval": 100}, checkpoint={"interval": 200})
     document["logging"] = {"interval": 50, "progress": False, "tensorboard": False}
     trainer = Trainer(config_from_dict(document))
-    reads_at: list[int] = []
-
-    def counting(method):
-        def wrapper(self, *args, **kwargs):
-            caller = sys._getframe(1).f_code.co_filename
-            if caller.startswith(str(REPO)) and "/tests/" not in caller and "/.venv/" not in caller:
-                reads_at.append(trainer.iteration)
-            return method(self, *args, **kwargs)
-
-        return wrapper
-
-    for name in ("item", "tolist", "__float__", "__bool__", "cpu"):
-        monkeypatch.setattr(torch.Tensor, name, counting(getattr(torch.Tensor, name)))
-    try:
-        assert trainer.fit() == 0
-    finally:
-        trainer.close()
+    reads_at = iterations_reading_the_device(trainer, monkeypatch)
     assert reads_at, "the loss is read back at least when logging"
     assert set(reads_at) <= {50, 100, 150, 200}
     assert len(reads_at) <= 4 * 2 + 2 * 3  # loss + numerics check per log; weights + metrics per validation

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tests.conftest import tiny_config, write_config
-from tests.helpers import train_in_process
+from tests.helpers import iterations_reading_the_device, train_in_process
 from tests.test_tools import load_tool
 from tests.trainer.lm_accumulation_ddp import (
     TOLERANCE,
@@ -363,9 +363,7 @@ def test_the_preflight_checks_the_loss_as_the_step_uses_it_loss_sum_over_loss_co
 
 def test_the_token_mean_step_reads_nothing_back_to_the_host_between_logs(workdir, monkeypatch):
     # As tests/test_hot_loop.py for the classification path: only logging and validation read.
-    import sys
 
-    from tests.conftest import REPO
     from trainer.trainer import Trainer
 
     document = _lm_run(workdir)
@@ -373,21 +371,5 @@ def test_the_token_mean_step_reads_nothing_back_to_the_host_between_logs(workdir
     document["logging"] = {"interval": 4, "progress": False, "tensorboard": False}
     document["checkpoint"] = {"interval": 8}
     trainer = Trainer(config_from_dict(document))
-    reads_at: list[int] = []
-
-    def counting(method):
-        def wrapper(self, *args, **kwargs):
-            caller = sys._getframe(1).f_code.co_filename
-            if caller.startswith(str(REPO)) and "/tests/" not in caller and "/.venv/" not in caller:
-                reads_at.append(trainer.iteration)
-            return method(self, *args, **kwargs)
-
-        return wrapper
-
-    for name in ("item", "tolist", "__float__", "__bool__", "cpu"):
-        monkeypatch.setattr(torch.Tensor, name, counting(getattr(torch.Tensor, name)))
-    try:
-        assert trainer.fit() == 0
-    finally:
-        trainer.close()
+    reads_at = iterations_reading_the_device(trainer, monkeypatch)
     assert reads_at and set(reads_at) <= {4, 8}
