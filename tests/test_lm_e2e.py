@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,20 +83,7 @@ def test_windows_longer_than_the_models_context_are_refused(workdir, corpus):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "strategy",
-    [
-        "ddp",
-        pytest.param(
-            "fsdp",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="known gap (issue 14): resuming an FSDP GPT, whose embeddings are tied, fails in torch's "
-                "set_optimizer_state_dict with 'Expected device to be set' (torch 2.14.1); an untied FSDP model resumes",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_a_two_process_lm_run_resumes_bitwise_mid_epoch(workdir, corpus, strategy):
     from tests.trainer.test_distributed import torchrun
 
@@ -107,3 +97,35 @@ def test_a_two_process_lm_run_resumes_bitwise_mid_epoch(workdir, corpus, strateg
     result = torchrun(resumed, "-c", str(config), f"train.strategy={strategy}", "resume_path=weights/lm_iter_15.pt")
     assert result.returncode == 0, result.stderr[-3000:]
     assert_bitwise_equal(load_params(resumed / "weights" / "lm_iter_30.pth"), reference)
+
+
+LEFT_GRADIENTS = """
+import json, sys
+from trainer.config import load_config
+from trainer.trainer import Trainer
+
+trainer = Trainer(load_config(sys.argv[1], ["train.strategy=fsdp"]))
+try:
+    trainer.model.state_dict()  # FSDP2 puts its sharded parameters back in the modules
+    left = [name for name, parameter in trainer.model.named_parameters() if parameter.grad is not None]
+    with open(f"left_{trainer.dist.rank}.json", "w") as file:
+        json.dump(left, file)
+finally:
+    trainer.close()
+"""
+
+
+@pytest.mark.slow
+def test_the_preflight_leaves_no_gradient_on_an_fsdp_gpts_tied_embedding(workdir, corpus):
+    """Under FSDP2 the tied embedding sits in the root unit, whose parameters stay unsharded after
+    the preflight's validation forward: the check must clear the sharded gradient the first
+    training step would otherwise add to its own."""
+    config = write_config(workdir / "lm.yaml", lm_config(corpus, workdir / "cache"))
+    (workdir / "left_gradients.py").write_text(LEFT_GRADIENTS)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [*command, "left_gradients.py", str(config)], cwd=workdir, capture_output=True, text=True, timeout=240, env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [json.loads((workdir / f"left_{rank}.json").read_text()) for rank in (0, 1)] == [[], []]

@@ -117,13 +117,17 @@ def _leaving_no_trace(model: nn.Module) -> Iterator[None]:
     rng = get_rng_state()
     buffers = [buffer.detach().clone() for buffer in model.buffers()]  # BatchNorm's running statistics
     modes = [(module, module.training) for module in model.modules()]
+    # The parameters as they are now. Under FSDP2 these are the sharded ones, which receive the
+    # reduced gradients; after the validation forward the root's unsharded ones stand in their
+    # place (the root does not reshard after a forward), so model.parameters() would miss them.
+    parameters = list(model.parameters())
     try:
         yield
     finally:
         with torch.no_grad():
             for buffer, saved in zip(model.buffers(), buffers, strict=True):
                 buffer.copy_(saved)
-        for parameter in model.parameters():
+        for parameter in parameters:
             parameter.grad = None
         for module, training in modes:  # each module's own flag: model.train() would reset a frozen one
             module.training = training
