@@ -1,9 +1,12 @@
-"""Export the weights of a checkpoint: python tools/export.py CHECKPOINT [-o OUT] [--format pth|safetensors] [--force].
+"""Export the weights of a checkpoint: python tools/export.py CHECKPOINT [-o OUT] [--format pth|safetensors|pt] [--force].
 
 - `--format pth` (default): the weight-only `{"params": state_dict}` the trainer writes, byte for
   byte, e.g. to recover a deleted `.pth` from its `.pt`.
 - `--format safetensors`: the same tensors in a `.safetensors` file, for tools that read that
   format (it holds no pickle, so loading it can never run code).
+- `--format pt`: the whole checkpoint as one full `.pt`, for a sharded checkpoint directory
+  (`<name>_iter_<N>.dcp`, which CHECKPOINT may be for every format): consolidated in host
+  memory, its optimizer state keyed by parameter name as FSDP's file checkpoints are.
 
 From a full `.pt` it takes the weights the trainer's `.pth` of that iteration holds: the EMA
 weights when the run used `train.ema`, else the model's. A `.pth` or another tool's state dict
@@ -26,7 +29,7 @@ if str(REPO) not in sys.path:
 
 from utils.cli import OneLineErrorParser, run_tool  # noqa: E402  (needs the repo root on sys.path)
 
-SUFFIXES = {"pth": ".pth", "safetensors": ".safetensors"}
+SUFFIXES = {"pth": ".pth", "safetensors": ".safetensors", "pt": ".pt"}
 EMA_COUNTER = "n_averaged"  # AveragedModel's step counter, not a weight
 
 
@@ -37,9 +40,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Write the weights of a checkpoint as a weight-only .pth or a .safetensors file.",
         epilog="example: python tools/export.py weights/digits_cnn_best.pt --format safetensors",
     )
-    parser.add_argument("checkpoint", help="a Kiln .pt or .pth, or another tool's state dict")
+    parser.add_argument("checkpoint", help="a Kiln .pt, .pth or sharded .dcp directory, or another tool's state dict")
     parser.add_argument("-o", "--output", help="where to write (default: CHECKPOINT with the format's suffix)")
-    parser.add_argument("--format", choices=sorted(SUFFIXES), default="pth", help="pth (default) or safetensors")
+    parser.add_argument("--format", choices=sorted(SUFFIXES), default="pth", help="pth (default), safetensors or pt")
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     return parser.parse_args(argv)
 
@@ -98,11 +101,14 @@ def write_safetensors(weights: dict, target: Path, source: Path) -> None:
 
 def export(checkpoint: str, output: str | None, fmt: str, force: bool) -> tuple[Path, str, int]:
     """Write the weights of `checkpoint`; return (written path, what they were, tensor count)."""
+    from trainer import sharded
     from trainer.checkpoint import load_file
     from trainer.errors import InputError
 
     source = Path(checkpoint)
-    obj = load_file(source, "checkpoint")
+    obj = sharded.consolidate(source) if sharded.is_sharded_checkpoint(source) else load_file(source, "checkpoint")
+    if fmt == "pt" and not (isinstance(obj, dict) and sharded.KEY_OPTIMIZER in obj and "format_version" in obj):
+        raise InputError(f"--format pt needs a full checkpoint (a .pt or a sharded .dcp directory); {source} holds weights only")
     try:
         weights, what = weights_of(obj, source)
     except InputError:
@@ -115,6 +121,11 @@ def export(checkpoint: str, output: str | None, fmt: str, force: bool) -> tuple[
     try:
         if fmt == "safetensors":
             write_safetensors(weights, target, source)
+        elif fmt == "pt":
+            from utils.io import atomic_torch_save
+
+            atomic_torch_save(obj, target)
+            what = "full checkpoint consolidated from"
         else:
             write_pth(weights, target)
     except OSError as error:  # it names the temporary file; the user knows the target

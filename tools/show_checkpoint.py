@@ -26,10 +26,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """PATH."""
     parser = OneLineErrorParser(
         prog="tools/show_checkpoint.py",
-        description="Show what a .pt, .pth or .safetensors file holds.",
+        description="Show what a .pt, .pth or .safetensors file, or a sharded .dcp directory, holds.",
         epilog="example: python tools/show_checkpoint.py weights/digits_cnn_best.pt",
     )
-    parser.add_argument("path", help="the checkpoint file")
+    parser.add_argument("path", help="the checkpoint file or sharded checkpoint directory")
     return parser.parse_args(argv)
 
 
@@ -37,9 +37,12 @@ def describe(path: Path) -> tuple[list[tuple[str, str]], dict | None]:
     """([(label, text), ...], the saved config or None) for the file at `path`."""
     import torch
 
+    from trainer import sharded
     from trainer.checkpoint import KEY_BEST, KEY_CONFIG, KEY_EPOCH, KEY_FORMAT, KEY_ITERATION, KEY_MODEL, KEY_WEIGHTS, load_file
     from trainer.errors import InputError
 
+    if sharded.is_sharded_checkpoint(path):
+        return _describe_sharded(path)
     if not path.is_file():
         raise InputError(f"checkpoint {path} does not exist; check the path")
     size = f"{path} ({path.stat().st_size / 1e6:.2f} MB)"
@@ -70,6 +73,43 @@ def describe(path: Path) -> tuple[list[tuple[str, str]], dict | None]:
         rows = [("format", f"other: {what}"), ("parameters", _foreign_weights(obj, path))]
         config = None
     return [("file", size), *rows, ("top-level keys", keys)], config
+
+
+def _describe_sharded(path: Path) -> tuple[list[tuple[str, str]], dict | None]:
+    """Rows for a sharded checkpoint directory: complete or not, who saved it, what it holds."""
+    from trainer import sharded
+    from trainer.checkpoint import KEY_BEST, KEY_CONFIG, KEY_EPOCH, KEY_ITERATION, load_file
+
+    size = f"{path} ({sharded.describe_size(path) / 1e6:.2f} MB in {sum(1 for _ in path.iterdir())} files)"
+    if sharded.is_complete(path):
+        status = "complete"
+    else:
+        missing = sharded.METADATA_FILE if (path / sharded.STATE_FILE).is_file() else sharded.STATE_FILE
+        status = f"incomplete (no {missing}: its save did not finish; never resumed from)"
+    rows = [("file", size), ("format", f"sharded checkpoint (torch.distributed.checkpoint), {status}")]
+    if not (path / sharded.STATE_FILE).is_file():
+        return rows, None
+    state = load_file(path / sharded.STATE_FILE, "checkpoint")
+    processes = state.get(sharded.KEY_WORLD_SIZE, "?")
+    rows += [
+        ("saved by", f"{processes} process{'es' if processes != 1 else ''} (resumes on any number)"),
+        ("iteration", str(state.get(KEY_ITERATION, "?"))),
+        ("epoch", str(state.get(KEY_EPOCH, "?"))),
+        ("best", best_text(state.get(KEY_BEST) or {})),
+    ]
+    if status == "complete":
+        shapes = sharded.model_shapes(path)
+        count = sum(_numel(shape) for shape in shapes.values())
+        rows.append(("parameters", f"{count:,} in {len(shapes)} tensors (model)"))
+    return rows, state.get(KEY_CONFIG)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    """The number of elements of a tensor of `shape`."""
+    count = 1
+    for size in shape:
+        count *= size
+    return count
 
 
 def _first_keys(obj: dict, limit: int = 12) -> str:

@@ -1,7 +1,10 @@
-"""CheckpointManager: save, load weights, resume, latest, prune; the two file formats.
+"""CheckpointManager: save, load weights, resume, latest, prune; the file formats.
 
 - `<name>_iter_<N>.pt` / `<name>_best.pt`: the full checkpoint (layout: `make_checkpoint`).
 - `<name>_iter_<N>.pth` / `<name>_best.pth`: weight-only, exactly `{"params": state_dict}`.
+- with `checkpoint.format: sharded`, `<name>_iter_<N>.dcp/` / `<name>_best.dcp/` instead of the
+  .pt: a torch.distributed.checkpoint directory every rank writes its shards into
+  (trainer/sharded.py); the .pth is then written at best and at the last iteration only.
 
 Every write is atomic (utils.io) and every read uses `torch.load(..., weights_only=True)`:
 checkpoint files are untrusted input.
@@ -22,7 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainer.distributed import load_model_state_dict
+from trainer import sharded
+from trainer.distributed import Distributed, load_model_state_dict
 from trainer.errors import InputError, TrainingError
 from utils.io import atomic_torch_save, unused_path
 
@@ -86,7 +90,10 @@ def load_file(path: str | Path, what: str) -> Any:
     """torch.load with weights_only=True; any failure is one InputError line naming the file."""
     path = Path(path)
     if path.is_dir():
-        raise InputError(f"{what} {path} is a directory, not a checkpoint file; give the path of a .pt or .pth file")
+        raise InputError(
+            f"{what} {path} is a directory, not a checkpoint file; give the path of a .pt or .pth file, "
+            "or of a sharded checkpoint (<name>_iter_<N>.dcp)"
+        )
     if not path.is_file():
         raise InputError(f"{what} {path} does not exist; check the path")
     try:
@@ -220,22 +227,35 @@ def to_host(obj: Any, *, copy: bool) -> Any:
 class CheckpointManager:
     """Writes and finds one experiment's checkpoints in `directory`.
 
-    Public API: `should_save`, `save`, `wait`, `latest`, `load_checkpoint`, `load_weights`,
-    `prune`, `archive_existing`. With `background=True` a save copies the state to host memory
-    and returns; a thread writes the files (at most one write in flight).
+    Public API: `should_save`, `save_from` (the Trainer's, every rank), `save` (a prepared .pt
+    and .pth, rank 0), `wait`, `latest`, `load_checkpoint`, `load_weights`, `prune`,
+    `archive_existing`. `fmt` is the checkpoint format: `file` (a .pt rank 0 writes) or
+    `sharded` (a .dcp directory every rank writes into; trainer/sharded.py). With
+    `background=True` a save copies the state to host memory and returns: a thread writes the
+    files (at most one write in flight).
     """
 
-    def __init__(self, directory: str | Path, name: str, keep_last: int | None = None, background: bool = False) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        name: str,
+        keep_last: int | None = None,
+        background: bool = False,
+        fmt: str = "file",
+        dist: Distributed | None = None,
+    ) -> None:
         self.directory = Path(directory)
         self.name = name
         self.keep_last = keep_last
         self.background = background
-        self._iter_pattern = re.compile(rf"^{re.escape(name)}_iter_(\d+)\.pt$")
+        self.dist = dist or Distributed()
+        self._iter_pattern = re.compile(rf"^{re.escape(name)}_iter_(\d+)(\.pt|\.dcp)$")
         # Every file of this experiment, exports (.safetensors, .onnx, ...) included; never
         # another experiment's whose name merely starts with this one (`<name>_v2_best.pth`).
         self._own_file = re.compile(rf"^{re.escape(name)}_(iter_\d+|best)\.[A-Za-z0-9]+$")
         self._writer: threading.Thread | None = None
         self._write_error: TrainingError | None = None
+        self._sharded = sharded.ShardedWriter(self, self.dist, background) if fmt == "sharded" else None
 
     def path(self, tag: str, suffix: str) -> Path:
         """`<dir>/<name>_<tag><suffix>`, e.g. tag iter_500 or best, suffix .pt or .pth."""
@@ -245,6 +265,29 @@ class CheckpointManager:
     def should_save(iteration: int, interval: int, total_iters: int) -> bool:
         """Iteration checkpoints every `interval` iterations and at the last one."""
         return iteration % interval == 0 or iteration == total_iters
+
+    def save_from(self, tag: str, source: Any, on_written: Callable[[Path], Any] | None = None, final: bool = False) -> None:
+        """Save the state of `source` (the Trainer) as `<name>_<tag>` in this manager's format; every rank calls it.
+
+        `source` gives `full_checkpoint()` -> (.pt content, .pth weights) gathered onto rank 0,
+        `sharded_parts()` -> (tensors as this rank holds them, the rest) and `export_weights()`
+        (the .pth weights, gathered). A sharded run writes the .pth at best and at the `final`
+        iteration only: gathering the whole model is what the sharded format avoids.
+        """
+        if self._sharded is None:
+            checkpoint, weights = source.full_checkpoint()
+            if self.dist.is_main:
+                self.save(tag, checkpoint, weights, on_written=on_written)
+            return
+        tensors, state = source.sharded_parts()
+        self._sharded.save(tag, tensors, state)
+        if tag == "best" or final:
+            weights = source.export_weights()  # every rank takes part in the gather
+            if self.dist.is_main:
+                path = self.path(tag, ".pth")
+                self._write(({KEY_WEIGHTS: weights},), (path,), prune=False, on_written=None)
+                if on_written is not None:
+                    on_written(path)
 
     def save(
         self,
@@ -296,6 +339,8 @@ class CheckpointManager:
 
     def wait(self) -> None:
         """Block until the background write (if any) is done; raise the error it met."""
+        if self._sharded is not None:
+            self._sharded.wait()
         if self._writer is not None:
             self._writer.join()
             self._writer = None
@@ -304,17 +349,19 @@ class CheckpointManager:
             raise error
 
     def iteration_checkpoints(self) -> list[tuple[int, Path]]:
-        """(N, path) of every complete `<name>_iter_<N>.pt`, oldest first.
+        """(N, path) of every complete `<name>_iter_<N>.pt` and `.dcp`, oldest first.
 
         Writes are atomic, so a file under its final name is complete: temporary files
-        (`.<name>.<pid>.tmp`) never match.
+        (`.<name>.<pid>.tmp`) never match. A .dcp directory counts once its `.metadata` is
+        written (sharded saves are renamed into place only then; a directory copied or cut
+        short without it is skipped).
         """
         if not self.directory.is_dir():
             return []
         found = []
         for path in self.directory.iterdir():
             match = self._iter_pattern.match(path.name)
-            if match and path.is_file():
+            if match and (path.is_file() if match.group(2) == ".pt" else sharded.is_complete(path)):
                 found.append((int(match.group(1)), path))
         return sorted(found)
 
@@ -334,15 +381,19 @@ class CheckpointManager:
         removed = []
         for _, path in self.iteration_checkpoints()[: -self.keep_last]:
             for victim in (path, path.with_suffix(".pth")):
-                if victim.exists():
+                if victim.is_dir():
+                    sharded.remove(victim)
+                    removed.append(victim)
+                elif victim.exists():
                     victim.unlink()
                     removed.append(victim)
         return removed
 
     def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
-        """Load a full .pt for resuming; anything else is an InputError saying what it is."""
+        """Load a full .pt for resuming (of a .dcp: its small part, the tensors load later into
+        the live model); anything else is an InputError saying what it is."""
         path = Path(path)
-        obj = load_file(path, "resume_path")
+        obj = sharded.load_state_file(path, "resume_path") if path.is_dir() else load_file(path, "resume_path")
         if isinstance(obj, dict) and KEY_FORMAT in obj and KEY_OPTIMIZER in obj:
             if obj[KEY_FORMAT] > FORMAT_VERSION:
                 raise InputError(
@@ -366,6 +417,9 @@ class CheckpointManager:
     ) -> dict[str, torch.Tensor]:
         """The model weights in any supported file (Kiln .pth/.pt, BasicSR, Lightning, plain)."""
         path = Path(path)
+        if path.is_dir() and sharded.is_sharded_checkpoint(path):
+            sharded.load_state_file(path, what)  # complete, and Kiln's
+            return revise_keys(extract_weights(sharded.load_all_tensors(path), key, path, what), rules)
         return revise_keys(extract_weights(load_file(path, what), key, path, what), rules)
 
     def holds_other_run(self, run_id: str | None) -> bool:
@@ -376,10 +430,12 @@ class CheckpointManager:
         """
         if not self._own_files():
             return False
-        candidates = [path for _, path in reversed(self.iteration_checkpoints())] + [self.path("best", ".pt")]
+        candidates = [path for _, path in reversed(self.iteration_checkpoints())]
+        candidates += [self.path("best", ".pt"), self.path("best", sharded.SUFFIX)]
         for path in candidates:
             try:
-                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                small = path / sharded.STATE_FILE if path.is_dir() else path
+                obj = torch.load(small, map_location="cpu", weights_only=True, mmap=True)
             except Exception:  # noqa: BLE001, S112 - missing or damaged: the next one decides
                 continue
             if isinstance(obj, dict) and KEY_FORMAT in obj:
@@ -390,7 +446,11 @@ class CheckpointManager:
         """This experiment's files in the directory (both formats, best, exports)."""
         if not self.directory.is_dir():
             return []
-        return [path for path in self.directory.iterdir() if path.is_file() and self._own_file.match(path.name)]
+        return [
+            path
+            for path in self.directory.iterdir()
+            if self._own_file.match(path.name) and (path.is_file() or path.suffix == sharded.SUFFIX)
+        ]
 
     def archive_existing(self, stamp: str) -> Path | None:
         """Move this experiment's own weight files into `<dir>/<name>_archived_<stamp>/`."""

@@ -146,7 +146,10 @@ class CheckpointConfig:
     keep_last: int | None = field(default=None, metadata=POSITIVE_INT)
     """Keep only the newest N iteration checkpoints; best is never pruned."""
     async_: bool = field(default=False, metadata={"key": "async"})
-    """Write files in a background thread after a copy to host memory."""
+    """Write files in a background thread after a copy to host memory (sharded: DCP's async_save)."""
+    format: Literal["file", "sharded"] = "file"
+    """file: a whole .pt written by rank 0; sharded: a torch.distributed.checkpoint directory
+    (.dcp) every rank writes its own shards into, resumable on another world size."""
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from trainer import distributed
+from trainer import sharded as sharded_format
 from trainer.checkpoint import (
     KEY_CONFIG,
     KEY_ITERATION,
@@ -65,6 +66,7 @@ def restore_components(
     optimizer: torch.optim.Optimizer,
     scheduler: Any | None,
     sharded: bool,
+    ema: nn.Module | None = None,
 ) -> bool:
     """Load the model, optimizer and scheduler states of a full checkpoint; InputError if they do not fit.
 
@@ -73,13 +75,15 @@ def restore_components(
     the config's settings, and the config's scheduler is advanced to the checkpoint's
     iteration instead of loaded.
     """
-    load_model_state(
-        model,
-        checkpoint[KEY_MODEL],
-        strict=True,
-        source=f"resume_path {path}",
-        fix="resume with the model config the run was started with (pretrain_path takes weights into another model)",
-    )
+    in_shards = sharded_format.KEY_SHARDED in checkpoint  # a .dcp: its tensors load below, into the live shards
+    if not in_shards:
+        load_model_state(
+            model,
+            checkpoint[KEY_MODEL],
+            strict=True,
+            source=f"resume_path {path}",
+            fix="resume with the model config the run was started with (pretrain_path takes weights into another model)",
+        )
     saved_optimizer = checkpoint[KEY_CONFIG].get("optimizer", {}).get("type")
     if saved_optimizer != config.optimizer.type:
         raise InputError(
@@ -90,11 +94,14 @@ def restore_components(
     take_over_schedule = bool(schedule_changes(checkpoint, config, path))
     configured = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
     try:
-        if distributed.keyed_by_name(checkpoint[KEY_OPTIMIZER]) != sharded:
-            raise ValueError("it was saved with another train.strategy (fsdp keys the state by name)")
-        load_keeping_implementation(
-            optimizer, lambda: distributed.load_optimizer_state(model, optimizer, checkpoint[KEY_OPTIMIZER])
-        )
+        if in_shards:  # DCP reshards onto any strategy and world size
+            load_keeping_implementation(optimizer, lambda: sharded_format.restore_parts(checkpoint, model, optimizer, ema))
+        else:
+            if distributed.keyed_by_name(checkpoint[KEY_OPTIMIZER]) != sharded:
+                raise ValueError("it was saved with another train.strategy (fsdp keys the state by name)")
+            load_keeping_implementation(
+                optimizer, lambda: distributed.load_optimizer_state(model, optimizer, checkpoint[KEY_OPTIMIZER])
+            )
         if take_over_schedule:
             _take_over_schedule(optimizer, configured, scheduler, checkpoint[KEY_ITERATION])
         elif scheduler is not None and checkpoint[KEY_SCHEDULER] is not None:
@@ -172,15 +179,18 @@ def schedule_changes(checkpoint: dict[str, Any], config: Config, path: Path) -> 
     return changes
 
 
-def resume_notes(path: Path, iteration: int, epoch: int, changes: list[str], took_over: bool) -> list[str]:
-    """The log lines that say where the run resumed and what changed in its config."""
+def resume_notes(
+    path: Path, iteration: int, epoch: int, changes: list[str], took_over: bool, world_sizes: tuple[int, int]
+) -> list[str]:
+    """The log lines that say where the run resumed, on how many processes, and what changed in its config."""
     notes = [f"resumed from {path} at iteration {iteration} (epoch {epoch})"]
+    saved, now = world_sizes
+    if saved != now:  # the global batch and sample order are the same; the per-rank share is not
+        notes.append(f"world size changed: the checkpoint was saved by {saved} processes, this run has {now}")
     if changes:
         notes.append("config changed since the checkpoint: " + "; ".join(changes))
     if took_over:
-        notes.append(
-            f"resume_schedule extend: the config's optimizer settings and scheduler take over at iteration {iteration}"
-        )
+        notes.append(f"resume_schedule extend: the config's optimizer settings and scheduler take over at iteration {iteration}")
     return notes
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from data.loader import dataset_of, describe_error
-from trainer import distributed
+from trainer import distributed, sharded
 from trainer.checkpoint import (
     KEY_BEST,
     KEY_EPOCH,
@@ -80,7 +80,12 @@ class Trainer:
         seed_everything(config.seed + self.dist.rank)  # each rank its own dropout stream
         self._preflight()  # a model, loss or data that do not fit: exit 2 before any file is touched
         self.checkpoints = CheckpointManager(
-            config.checkpoint.dir, config.name, config.checkpoint.keep_last, background=config.checkpoint.async_
+            config.checkpoint.dir,
+            config.name,
+            config.checkpoint.keep_last,
+            background=config.checkpoint.async_,
+            fmt=config.checkpoint.format,
+            dist=self.dist,
         )
         self.iteration = 0
         self.epoch = 0
@@ -275,10 +280,12 @@ class Trainer:
             optimizer=self.optimizer,
             scheduler=self.scheduler,
             sharded=self.sharded,
+            ema=self.ema,
         )
         self.load_state_dict(checkpoint)
         changes = changes_since(checkpoint, config)
-        return changes, skipped + resume_notes(path, self.iteration, self.epoch, changes, took_over)
+        world_sizes = (len(checkpoint["rng"]), self.dist.world_size)  # one RNG state per rank that saved it
+        return changes, skipped + resume_notes(path, self.iteration, self.epoch, changes, took_over, world_sizes)
 
     def _lock_experiment(self) -> RunLock:
         """Rank 0 takes the experiment's lock; every rank exits 2 if another run holds it."""
@@ -533,12 +540,34 @@ class Trainer:
         self.logger.flush()
 
     def _save(self, tag: str, on_written: Callable[[Path], Any] | None = None) -> None:
-        """Every rank builds the checkpoint (the RNG states are gathered); rank 0 writes it."""
+        """Every rank takes part (the RNG states are gathered; sharded: each writes its shards)."""
+        final = self.iteration == self.config.train.total_iters
+        self.checkpoints.save_from(tag, self, on_written=on_written, final=final)
+        self.dist.barrier()
+
+    # -- what CheckpointManager.save_from reads, in the format it writes ---------------------
+
+    def full_checkpoint(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """(the whole .pt checkpoint, the .pth weights), gathered onto rank 0 under FSDP."""
         checkpoint = self._checkpoint()
         weights = checkpoint[KEY_MODEL] if self.eval_model is self.model else self._weights(self.eval_model)
-        if self.dist.is_main:
-            self.checkpoints.save(tag, checkpoint, weights, on_written=on_written)
-        self.dist.barrier()
+        return checkpoint, weights
+
+    def sharded_parts(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(the tensors this rank holds, for DCP; everything else, for rank 0's kiln_state.pt)."""
+        tensors, optimizer_rest = sharded.tensor_parts(self.model, self.optimizer, self.ema)
+        state = make_checkpoint(
+            model_state={},  # in the DCP tensors, as are the optimizer's and the EMA's
+            optimizer_state=optimizer_rest,
+            scheduler_state=self.scheduler.state_dict() if self.scheduler is not None else None,
+            trainer_state={**self.state_dict(), "ema": None},
+            config=self.config.to_dict(),
+        )
+        return tensors, state
+
+    def export_weights(self) -> dict[str, torch.Tensor]:
+        """The .pth weights (EMA when on), gathered onto rank 0 under FSDP."""
+        return self._weights(self.eval_model)
 
     def _best_text(self) -> str:
         """', best accuracy 0.98 @ iter 250' or ''."""

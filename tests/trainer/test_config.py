@@ -830,7 +830,7 @@ def test_keys_a_merge_brings_in_may_be_overridden_and_equal_keys_in_sibling_mapp
 
 def test_to_dict_holds_only_plain_yaml_types_with_yaml_keys():
     plain = config_from_dict(tiny_config()).to_dict()
-    assert plain["checkpoint"] == {"dir": "weights", "interval": 10, "keep_last": None, "async": False}
+    assert plain["checkpoint"] == {"dir": "weights", "interval": 10, "keep_last": None, "async": False, "format": "file"}
     assert plain["model"] == {"type": "SimpleCNN", "num_classes": 10, "width": 8}
     assert plain["metrics"] == ["accuracy"]
     assert "base" not in plain

@@ -1,0 +1,389 @@
+"""The sharded checkpoint format (`checkpoint.format: sharded`): one torch.distributed.checkpoint
+(DCP) directory per checkpoint, every rank writing its own shards.
+
+Layout of `<name>_iter_<N>.dcp/` (and `<name>_best.dcp/`):
+
+    kiln_state.pt   the small part, written first by rank 0 (torch.save; read back with
+                    weights_only=True): format version, config, iteration, epoch, sampler
+                    position, best metrics, every rank's RNG, scheduler, scaler, run id, the
+                    optimizer's param groups, and the world size it was saved with
+    __<rank>_0.distcp  each rank's shards of the model, the optimizer state and the EMA
+    .metadata       written last by DCP once every rank's shards are on disk: the directory is
+                    complete when it exists; without it, it is never resumed from nor counted
+
+Only tensors go through DCP: its own loader unpickles non-tensor entries with
+weights_only=False and its `.metadata` with plain pickle, and checkpoints are untrusted input.
+So the non-tensor state lives in kiln_state.pt, `.metadata` is read by an unpickler that admits
+DCP's metadata classes only, and a checkpoint that claims a non-tensor entry is refused.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import shutil
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from trainer.errors import InputError
+from utils.io import atomic_torch_save
+
+SUFFIX = ".dcp"
+STATE_FILE = "kiln_state.pt"
+METADATA_FILE = ".metadata"
+KEY_SHARDED = "sharded_checkpoint"  # in a loaded kiln_state: the directory the tensors are in
+KEY_WORLD_SIZE = "world_size"
+# DCP raises CheckpointException (a BaseException) for a failure on any rank, with that rank's traceback.
+_DCP_FAILURES = (Exception, CheckpointException)
+# A one-process run saves without a process group on purpose; DCP warns about that on every async save.
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+KEY_OPTIMIZER = "optimizer"  # in kiln_state.pt: the optimizer state dict without its tensors
+
+
+def is_complete(path: Path) -> bool:
+    """Whether `path` is a sharded checkpoint whose every shard is written (its `.metadata` exists)."""
+    return (path / METADATA_FILE).is_file() and (path / STATE_FILE).is_file()
+
+
+def is_sharded_checkpoint(path: Path) -> bool:
+    """Whether `path` looks like a sharded checkpoint directory (complete or not)."""
+    return path.is_dir() and (path.suffix == SUFFIX or (path / METADATA_FILE).exists())
+
+
+# -- reading DCP safely ---------------------------------------------------------------------------
+
+_METADATA_MODULES = ("torch.distributed.checkpoint.", "torch.distributed._shard.")
+_METADATA_GLOBALS = {
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),  # torch.strided by name
+    ("collections", "OrderedDict"),
+    ("builtins", "set"),
+    ("pathlib", "PosixPath"),  # the checkpoint id DCP records
+    ("pathlib", "PurePosixPath"),
+}
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Admits DCP's metadata dataclasses, torch.Size, dtypes and plain containers: nothing that runs code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        """The class, if it is one a DCP `.metadata` legitimately holds; else UnpicklingError."""
+        dtype_or_layout = module == "torch" and isinstance(
+            getattr(torch, name, None), (torch.dtype, torch.layout, torch.memory_format)
+        )
+        if module.startswith(_METADATA_MODULES) or (module, name) in _METADATA_GLOBALS or dtype_or_layout:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"GLOBAL {module}.{name} is not allowed in a checkpoint's .metadata")
+
+
+class _SafeReader(dcp.FileSystemReader):
+    """DCP's file reader with `.metadata` read by `_MetadataUnpickler` (DCP itself uses plain pickle)."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+        """The checkpoint's Metadata, unpickled with the allowlist."""
+        with open(Path(self.path) / METADATA_FILE, "rb") as file:
+            metadata = _MetadataUnpickler(io.BytesIO(file.read())).load()
+        if getattr(metadata, "storage_meta", None) is None:
+            from torch.distributed.checkpoint.metadata import StorageMeta
+
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+class _TensorsOnlyPlanner(dcp.DefaultLoadPlanner):
+    """DCP's load planner, refusing non-tensor entries (DCP would unpickle them with weights_only=False)."""
+
+    def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+        """Refuse: Kiln's sharded checkpoints hold tensors only."""
+        raise InputError(
+            f"sharded checkpoint entry {read_item.dest_index.fqn} is a pickled Python object, which Kiln never "
+            "writes and will not unpickle (it could run code); use a checkpoint Kiln wrote"
+        )
+
+
+def read_metadata(path: Path) -> Any:
+    """The DCP Metadata of `path` (allowlisted unpickling); InputError when it cannot be read."""
+    try:
+        return _SafeReader(path).read_metadata()
+    except (pickle.UnpicklingError, EOFError, OSError, AttributeError, ValueError) as error:
+        raise InputError(f"sharded checkpoint {path} has an unreadable .metadata ({error}); use another checkpoint") from None
+
+
+def load_tensors(path: Path, template: dict[str, Any]) -> None:
+    """Fill `template` (a nested dict of tensors, DTensors included) in place from `path`, resharding as needed."""
+    try:
+        alone = not torch.distributed.is_initialized()
+        dcp.load(template, storage_reader=_SafeReader(path), planner=_TensorsOnlyPlanner(), no_dist=alone)
+    except InputError:
+        raise
+    except _DCP_FAILURES as error:  # a damaged shard on any rank
+        reason = _reason(error)
+        raise InputError(f"sharded checkpoint {path} could not be read ({reason}); use another checkpoint") from None
+
+
+def load_all_tensors(path: Path) -> dict[str, Any]:
+    """Every tensor of `path`, whole, in host memory, nested as saved (for tools, export and pretrain_path)."""
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    metadata = read_metadata(path)
+    flat = {}
+    for key, item in metadata.state_dict_metadata.items():
+        if not isinstance(item, TensorStorageMetadata):
+            raise InputError(
+                f"sharded checkpoint {path} holds a non-tensor entry {key}, which Kiln never writes; use a checkpoint Kiln wrote"
+            )
+        flat[key] = torch.empty(item.size, dtype=item.properties.dtype)
+    try:
+        dcp.load(flat, storage_reader=_SafeReader(path), planner=_TensorsOnlyPlanner(flatten_state_dict=False), no_dist=True)
+    except _DCP_FAILURES as error:  # a missing or damaged shard file
+        reason = _reason(error)
+        raise InputError(f"sharded checkpoint {path} could not be read ({reason}); use another checkpoint") from None
+    return _nest(flat, getattr(metadata, "planner_data", None) or {})
+
+
+def _nest(flat: dict[str, torch.Tensor], paths: dict[str, Any]) -> dict[str, Any]:
+    """Undo DCP's flattening: {"optimizer.fc.weight.exp_avg": t} -> {"optimizer": {"fc.weight": {"exp_avg": t}}}.
+
+    DCP records each flat key's path (a tuple) in the metadata's planner_data; the model's own
+    dotted names are one element of it, so they stay whole.
+    """
+    nested: dict[str, Any] = {}
+    for key, tensor in flat.items():
+        path = tuple(paths.get(key) or key.split(".", 1))
+        node = nested
+        for part in path[:-1]:
+            node = node.setdefault(str(part), {})
+        node[str(path[-1])] = tensor
+    return nested
+
+
+def consolidate(path: Path, what: str = "checkpoint") -> dict[str, Any]:
+    """The whole checkpoint in host memory in the layout of a full .pt (optimizer keyed by
+    parameter name, as FSDP's file checkpoints are): for tools/export.py."""
+    state = load_state_file(path, what)
+    tensors = load_all_tensors(path)
+    saved = state.pop(KEY_OPTIMIZER)
+    merged = {name: {**entries, **saved["state"].get(name, {})} for name, entries in tensors.get("optimizer", {}).items()}
+    state.pop(KEY_SHARDED)
+    return {
+        **state,
+        "model": tensors["model"],
+        KEY_OPTIMIZER: {"state": merged, "param_groups": saved["param_groups"]},
+        "ema": tensors.get("ema"),
+    }
+
+
+def model_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """{model key: shape} from the metadata alone (no shard is read)."""
+    entries = read_metadata(path).state_dict_metadata.items()
+    return {key.removeprefix("model."): tuple(item.size) for key, item in entries if key.startswith("model.")}
+
+
+def load_state_file(path: Path, what: str) -> dict[str, Any]:
+    """kiln_state.pt of a complete sharded checkpoint; InputError naming what is wrong."""
+    from trainer.checkpoint import load_file
+
+    if not is_complete(path):
+        missing = METADATA_FILE if (path / STATE_FILE).is_file() else STATE_FILE
+        raise InputError(
+            f"{what} {path} is an incomplete sharded checkpoint (no {missing}: its save did not finish); "
+            "use an earlier checkpoint, or resume_path=auto, which skips incomplete ones"
+        )
+    state = load_file(path / STATE_FILE, what)
+    if not isinstance(state, dict) or KEY_WORLD_SIZE not in state:
+        raise InputError(f"{what} {path}: its {STATE_FILE} is not a Kiln sharded checkpoint's; use a checkpoint Kiln wrote")
+    return {**state, KEY_SHARDED: path}
+
+
+# -- the live states ------------------------------------------------------------------------------
+
+
+def tensor_parts(model: nn.Module, optimizer: torch.optim.Optimizer, ema: nn.Module | None) -> tuple[dict, dict]:
+    """(the tensors DCP writes, the optimizer state dict without them): model, optimizer and EMA
+    state as this rank holds them (FSDP: its shards; DDP and one process: plain tensors; keys
+    without wrapper prefixes, so a checkpoint moves between strategies)."""
+    optimizer_state = get_optimizer_state_dict(model, optimizer)
+    tensors, extra = {}, {}
+    for name, entries in optimizer_state["state"].items():
+        tensors[name] = {key: value for key, value in entries.items() if isinstance(value, torch.Tensor)}
+        extra[name] = {key: value for key, value in entries.items() if not isinstance(value, torch.Tensor)}
+    parts: dict[str, Any] = {"model": get_model_state_dict(model), "optimizer": tensors}
+    if ema is not None:
+        parts["ema"] = ema.state_dict()
+    return parts, {"state": extra, "param_groups": optimizer_state["param_groups"]}
+
+
+def restore_parts(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, ema: nn.Module | None) -> None:
+    """Load the model, optimizer and EMA tensors of the sharded checkpoint `state` describes, on
+    this run's world size (DCP reshards), then its optimizer param groups."""
+    path = state[KEY_SHARDED]
+    template, _ = tensor_parts(model, optimizer, ema)
+    _check_keys(path, template)
+    load_tensors(path, template)
+    set_model_state_dict(model, template["model"])
+    saved = state[KEY_OPTIMIZER]
+    merged = {name: {**tensors, **saved["state"].get(name, {})} for name, tensors in template["optimizer"].items()}
+    set_optimizer_state_dict(model, optimizer, {"state": merged, "param_groups": saved["param_groups"]})
+    if ema is not None:
+        ema.load_state_dict(template["ema"])
+
+
+def _check_keys(path: Path, template: dict[str, Any]) -> None:
+    """InputError naming the first model tensors the checkpoint lacks or has in another shape."""
+    saved = read_metadata(path).state_dict_metadata
+    wanted = {f"model.{key}": value for key, value in template["model"].items()}
+    missing = [key.removeprefix("model.") for key in wanted if key not in saved]
+    mismatched = [
+        f"{key.removeprefix('model.')} {tuple(saved[key].size)} vs {tuple(value.shape)}"
+        for key, value in wanted.items()
+        if key in saved and tuple(saved[key].size) != tuple(value.shape)
+    ]
+    unexpected = [key.removeprefix("model.") for key in saved if key.startswith("model.") and key not in wanted]
+    if missing or mismatched or unexpected:
+        found = "; ".join(
+            f"{label}: {', '.join(keys[:5])}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
+            if keys
+        )
+        raise InputError(
+            f"resume_path {path} does not match the model ({found}); resume with the model config the run was "
+            "started with (pretrain_path takes weights into another model)"
+        )
+
+
+# -- writing --------------------------------------------------------------------------------------
+
+
+def remove(path: Path) -> None:
+    """Delete a sharded checkpoint directory."""
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def describe_size(path: Path) -> int:
+    """Bytes on disk of every file under `path`."""
+    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+
+
+class ShardedWriter:
+    """Writes one experiment's sharded checkpoints: every rank calls `save` together.
+
+    A save goes to a hidden sibling `.<name>_<tag>.dcp.partial/` and is renamed into place once
+    DCP has written its `.metadata`, so an existing checkpoint of the same tag (best) stays
+    intact until its successor is complete. With `background` the tensors are staged to host
+    memory and written by DCP's async_save on a process group of its own (gloo, so that its
+    collectives never interleave with the training's); at most one save is in flight.
+    """
+
+    def __init__(self, manager: Any, dist: Any, background: bool) -> None:
+        self.manager = manager
+        self.dist = dist
+        self.background = background
+        self._group = None
+        if background and dist.enabled:
+            import torch.distributed
+
+            self._group = torch.distributed.new_group(backend="gloo")  # every rank, same point: Trainer.__init__
+        self._in_flight: Any = None  # (future, finish) of the async save not yet waited for
+        self._error: Exception | None = None
+
+    def save(self, tag: str, tensors: dict[str, Any], state: dict[str, Any]) -> Path:
+        """Write `tensors` (every rank's own) and `state` (rank 0's) as `<name>_<tag>.dcp`; once it
+        is complete, rank 0 moves it into place and prunes old iteration checkpoints."""
+        self.wait()
+        final = self.manager.path(tag, SUFFIX)
+        partial = final.with_name(f".{final.name}.partial")
+        if self.dist.is_main:
+            remove(partial)  # a save of this tag that a crash interrupted
+            partial.mkdir(parents=True)
+            atomic_torch_save({**state, KEY_WORLD_SIZE: self.dist.world_size}, partial / STATE_FILE)
+        self.dist.barrier()  # the directory exists before any rank writes into it
+        if not self.background:
+            _write_or_stop(lambda: dcp.save(tensors, checkpoint_id=partial, no_dist=not self.dist.enabled), final)
+            if self.dist.is_main:
+                self._complete(partial, final)
+            return final
+        future = dcp.async_save(tensors, checkpoint_id=partial, process_group=self._group, no_dist=not self.dist.enabled)
+        done = threading.Event()
+
+        def on_done(finished: Any) -> None:  # DCP's writer thread, right after .metadata (rank 0: all ranks done)
+            try:
+                if finished.exception() is None and self.dist.is_main:
+                    self._complete(partial, final)
+            except Exception as error:  # noqa: BLE001 - reported by wait() on the training thread
+                self._error = error
+            finally:
+                done.set()
+
+        future.add_done_callback(on_done)
+        self._in_flight = (future, done, final)
+        return final
+
+    def _complete(self, partial: Path, final: Path) -> None:
+        """Rank 0, once `partial` has its .metadata: move it into place, then prune."""
+        _replace(partial, final)
+        self.manager.prune()
+
+    def wait(self) -> None:
+        """Block until the save in flight (if any) is complete and in place; raise the error it met."""
+        if self._in_flight is None:
+            return
+        future, done, final = self._in_flight
+        self._in_flight = None
+        _write_or_stop(future.result, final)
+        done.wait()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise _failed(final, error) from error
+
+
+def _write_or_stop(write: Any, final: Path) -> None:
+    """Run `write`; an I/O or DCP failure is a TrainingError naming the checkpoint."""
+    try:
+        write()
+    except _DCP_FAILURES as error:
+        raise _failed(final, error) from error
+
+
+def _failed(final: Path, error: BaseException) -> Exception:
+    """The one-line TrainingError of a sharded save that failed (earlier checkpoints are intact)."""
+    from trainer.errors import TrainingError
+
+    reason = _reason(error)
+    return TrainingError(
+        f"could not write sharded checkpoint {final} ({reason}); earlier checkpoints are intact: free disk "
+        "space or fix permissions, then resume with resume_path=auto"
+    )
+
+
+def _replace(partial: Path, final: Path) -> None:
+    """Move the complete `partial` to `final`; an old `final` is moved aside first and removed after."""
+    old = final.with_name(f".{final.name}.old")
+    remove(old)
+    if final.exists():
+        final.rename(old)
+    partial.rename(final)
+    remove(old)
+
+
+def _reason(error: BaseException) -> str:
+    """One line for `error`: for DCP's CheckpointException, the first rank's own error."""
+    failures = getattr(error, "failures", None)  # CheckpointException: {rank: the exception it met}
+    if failures:
+        rank, first = next(iter(sorted(failures.items())))
+        inner = first[0] if isinstance(first, tuple) else first  # (exception, traceback) in some torch versions
+        return f"rank {rank}: {type(inner).__name__}: {inner}"
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
