@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import importlib
 import os
+import socket
 import sys
+import uuid
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -27,6 +30,37 @@ def check_output_dirs(config: Config) -> None:
         raise InputError(
             f"config key logging.dir: the run's log directory {log_dir} is a file, not a directory; "
             "move that file away or point logging.dir elsewhere"
+        )
+
+
+def check_shared_checkpoint_dir(directory: str, dist: Any) -> None:
+    """On several nodes, checkpoint.dir must be one filesystem every node sees: InputError otherwise.
+
+    Without one, each node would write and resume its own part of every checkpoint (a split
+    checkpoint that no node can resume whole). Rank 0 writes a marker file into the nearest
+    existing folder of the path (nothing is created), every rank looks for it, rank 0 removes it.
+    """
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size))
+    if not dist.enabled or local_world >= dist.world_size:
+        return  # one node: its processes share its filesystem
+    path = Path(directory).absolute()
+    existing = next(parent for parent in (path, *path.parents) if parent.exists())
+    marker = None
+    if dist.is_main:
+        marker = existing / f".kiln_shared_check_{uuid.uuid4().hex}"
+        marker.write_text(socket.gethostname())
+    marker = dist.gather_objects(marker)[0]
+    seen = dist.gather_objects((marker.is_file(), socket.gethostname()))
+    dist.barrier()
+    if dist.is_main:
+        marker.unlink(missing_ok=True)
+    blind = [(rank, host) for rank, (sees, host) in enumerate(seen) if not sees]
+    if blind:
+        rank, host = blind[0]
+        raise InputError(
+            f"config key checkpoint.dir: {directory} is not shared by every node: rank {rank} (on {host}) does not see "
+            f"the file rank 0 wrote in {existing}, so each node would write its own part of every checkpoint; put "
+            "checkpoint.dir on a filesystem every node mounts (NFS, Lustre, a cluster file store)"
         )
 
 

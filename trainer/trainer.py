@@ -24,7 +24,14 @@ from trainer.checkpoint import (
     make_checkpoint,
 )
 from trainer.config import Component, Config, dump_config
-from trainer.environment import check_output_dirs, configure_backends, import_plugins, resolve_device, wants_cuda
+from trainer.environment import (
+    check_output_dirs,
+    check_shared_checkpoint_dir,
+    configure_backends,
+    import_plugins,
+    resolve_device,
+    wants_cuda,
+)
 from trainer.errors import InputError, TrainingError
 from trainer.evaluation import bind_metrics, evaluate
 from trainer.logger import Logger
@@ -79,6 +86,7 @@ class Trainer:
         self._build_components()
         seed_everything(config.seed + self.dist.rank)  # each rank its own dropout stream
         self._preflight()  # a model, loss or data that do not fit: exit 2 before any file is touched
+        check_shared_checkpoint_dir(config.checkpoint.dir, self.dist)  # several nodes: before any rank reads it
         self.checkpoints = CheckpointManager(
             config.checkpoint.dir,
             config.name,
