@@ -42,6 +42,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from utils.cli import exit_process
+    from utils.cli import exit_with
 
-    exit_process(main())
+    exit_with(main)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,17 +81,67 @@ def from_environment(use_cuda: bool) -> Distributed:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         store, _, _ = next(dist.rendezvous("env://", rank, world_size, timeout=DEFAULT_TIMEOUT))
-        # torchrun keeps its store across --max-restarts; without a prefix per attempt a restarted
-        # gloo group reads the dead processes' addresses and fails to connect (torch 2.14).
-        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        generation = _agreed_generation(store, rank, world_size)
         dist.init_process_group(
             "nccl" if use_cuda else "gloo",
-            store=dist.PrefixStore(f"kiln/attempt_{attempt}", store),
+            store=dist.PrefixStore(f"kiln/generation_{generation}", store),
             rank=rank,
             world_size=world_size,
             timeout=DEFAULT_TIMEOUT,
         )
     return Distributed(rank=rank, local_rank=local_rank, world_size=world_size)
+
+
+def _agreed_generation(store: dist.Store, rank: int, world_size: int, timeout: datetime.timedelta = DEFAULT_TIMEOUT) -> int:
+    """The number of this start of the job's workers: one on every rank, new at every start."""
+    # Why: torchrun's store (the agent's, at MASTER_ADDR:MASTER_PORT) outlives its workers, so the
+    # keys of a dead attempt stay there, and a restarted gloo group without a fresh key prefix
+    # reads the dead workers' addresses. TORCHELASTIC_RESTART_COUNT is no such prefix: each agent
+    # counts its own restarts, and an agent restarted because another node's worker failed does
+    # not count it, so two nodes would wait under different prefixes until the timeout.
+    # How: rank 0 counts the starts in the store (kiln/generation); rank r records the generation
+    # it last joined (kiln/joined/<r>) and takes the first newer one whose rank 0 welcomes it
+    # (kiln/welcome/<g>/<r>, an answer to its kiln/hello/<g>/<r>), which a dead rank 0 never does.
+    # - First start: empty store; rank 0 makes generation 1, every rank r (record 0) waits for 1.
+    # - Every worker restarted (--standalone --max-restarts, or two agents of which only one
+    #   counts a restart): rank 0 makes g + 1; every rank r last joined g and waits for g + 1.
+    # - Rank 0 on another node: torch starts a fresh store server there, the keys are gone, and
+    #   it is a first start again.
+    # - A rank killed before it reached the store: if rank 0, the counter did not move, nothing
+    #   changes. If rank r, generation g + 1 never saw it; its successor may take g + 1 for new
+    #   before rank 0 makes g + 2, says hello, gets no welcome, and moves on to g + 2 when the
+    #   counter gets there. (Without the welcome it could stay one generation behind rank 0.)
+    # - A bigger world: welcomes are per rank, so a new rank never takes an old generation.
+    counter = "kiln/generation"
+    if rank == 0:
+        generation = store.add(counter, 1)
+        hellos = [f"kiln/hello/{generation}/{peer}" for peer in range(1, world_size)]
+        try:
+            store.wait(hellos, timeout)
+        except RuntimeError as error:  # DistStoreError: a timeout
+            missing = [peer for peer, key in enumerate(hellos, start=1) if not store.check([key])]
+            raise RuntimeError(
+                f"rank 0: ranks {missing} did not join generation {generation} of the process group within {timeout}"
+            ) from error
+        for peer in range(1, world_size):
+            store.set(f"kiln/welcome/{generation}/{peer}", "1")
+        return generation
+    record = f"kiln/joined/{rank}"
+    joined = candidate = int(store.get(record)) if store.check([record]) else 0
+    deadline = time.monotonic() + timeout.total_seconds()
+    while time.monotonic() < deadline:
+        latest = store.add(counter, 0)
+        if latest > candidate:
+            candidate = latest
+            store.set(record, str(candidate))
+            store.set(f"kiln/hello/{candidate}/{rank}", "1")
+        elif candidate > joined and store.check([f"kiln/welcome/{candidate}/{rank}"]):
+            return candidate
+        time.sleep(0.05)
+    raise RuntimeError(
+        f"rank {rank}: rank 0 did not start a generation of the process group after {joined} and welcome this rank "
+        f"within {timeout} (newest generation seen: {candidate})"
+    )
 
 
 # -- FSDP2: sharding and full (unsharded) state dicts ---------------------------------------------

@@ -43,20 +43,20 @@ def check_shared_checkpoint_dir(directory: str, dist: Any) -> None:
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size))
     if not dist.enabled or local_world >= dist.world_size:
         return  # one node: its processes share its filesystem
-    path = Path(directory).absolute()
+    path = Path(directory).absolute()  # each rank's own: a relative path may differ between nodes
     existing = next(parent for parent in (path, *path.parents) if parent.exists())
-    marker = None
+    name = f".kiln_shared_check_{uuid.uuid4().hex}" if dist.is_main else None
+    name = dist.gather_objects(name)[0]
     if dist.is_main:
-        marker = existing / f".kiln_shared_check_{uuid.uuid4().hex}"
-        marker.write_text(socket.gethostname())
-    marker = dist.gather_objects(marker)[0]
-    seen = dist.gather_objects((marker.is_file(), socket.gethostname()))
+        (existing / name).write_text(socket.gethostname())
     dist.barrier()
+    seen = dist.gather_objects(((existing / name).is_file(), socket.gethostname(), str(existing)))
     if dist.is_main:
-        marker.unlink(missing_ok=True)
-    blind = [(rank, host) for rank, (sees, host) in enumerate(seen) if not sees]
+        (existing / name).unlink(missing_ok=True)
+    blind = [(rank, host) for rank, (sees, host, _) in enumerate(seen) if not sees]
     if blind:
         rank, host = blind[0]
+        existing = seen[0][2]  # where rank 0 wrote
         raise InputError(
             f"config key checkpoint.dir: {directory} is not shared by every node: rank {rank} (on {host}) does not see "
             f"the file rank 0 wrote in {existing}, so each node would write its own part of every checkpoint; put "

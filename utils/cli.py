@@ -6,6 +6,7 @@ import argparse
 import atexit
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -43,6 +44,21 @@ def exit_process(code: int) -> NoReturn:
         os._exit(code)
     _flush_console()
     sys.exit(code)
+
+
+def exit_with(main: Callable[[], int]) -> NoReturn:
+    """exit_process(main()); an uncaught error prints its traceback and exits 1 the same way.
+
+    Python would exit 1 too, but through interpreter finalization, where a torchrun worker whose
+    peer died can hang in garbage collection until the agent kills it (seen with gloo: 30 s per
+    restart), for the reason `exit_process` gives.
+    """
+    try:
+        code = main()
+    except Exception:  # noqa: BLE001 - reported as Python reports it; KeyboardInterrupt and SystemExit pass
+        traceback.print_exc()
+        code = 1
+    exit_process(code)
 
 
 def _flush_console() -> None:
