@@ -393,7 +393,11 @@ class CheckpointManager:
         """Load a full .pt for resuming (of a .dcp: its small part, the tensors load later into
         the live model); anything else is an InputError saying what it is."""
         path = Path(path)
-        obj = sharded.load_state_file(path, "resume_path") if path.is_dir() else load_file(path, "resume_path")
+        obj = (
+            sharded.load_state_file(path, "resume_path")
+            if sharded.is_sharded_checkpoint(path)
+            else load_file(path, "resume_path")
+        )
         if isinstance(obj, dict) and KEY_FORMAT in obj and KEY_OPTIMIZER in obj:
             if obj[KEY_FORMAT] > FORMAT_VERSION:
                 raise InputError(

@@ -6,7 +6,6 @@ import argparse
 import atexit
 import os
 import sys
-import traceback
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -56,7 +55,7 @@ def exit_with(main: Callable[[], int]) -> NoReturn:
     try:
         code = main()
     except Exception:  # noqa: BLE001 - reported as Python reports it; KeyboardInterrupt and SystemExit pass
-        traceback.print_exc()
+        sys.excepthook(*sys.exc_info())  # torch's, under torchrun: each line prefixed [rankN]:
         code = 1
     exit_process(code)
 

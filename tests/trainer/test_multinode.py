@@ -220,8 +220,11 @@ def test_a_sigkilled_worker_restarts_both_agents_and_the_run_resumes_bitwise(one
     agents = two_agents(workdir, "-c", str(config), "resume_path=auto", max_restarts=1)
     assert [code for code, _ in agents] == [0, 0], agents[0][1][-3000:] + agents[1][1][-3000:]
     assert (workdir / "killed_once").exists()
+    # Usually only the killed worker's agent counts the restart (0 0 0 1: the agents disagree,
+    # the case an attempt-count prefix hung on); on a loaded machine the survivor's worker may
+    # fail first and both count one (0 0 1 1). Either way both attempts must have run.
     counts = sorted((workdir / "restart_counts.txt").read_text().split())
-    assert counts == ["0", "0", "0", "1"], f"restart counts {counts}: the agents did not restart as this test means"
+    assert counts in (["0", "0", "0", "1"], ["0", "0", "1", "1"]), f"restart counts {counts}: no restart as this test means"
     log = (workdir / "experiments" / "tiny" / "train.log").read_text()
     assert "resumed from weights/tiny_iter_25.pt at iteration 25" in log
     assert_bitwise_equal(
