@@ -296,7 +296,7 @@ class ShardedWriter:
             import torch.distributed
 
             self._group = torch.distributed.new_group(backend="gloo")  # every rank, same point: Trainer.__init__
-        self._in_flight: Any = None  # (future, finish) of the async save not yet waited for
+        self._in_flight: Any = None  # (future, done event, final path) of the async save not yet waited for
         self._error: Exception | None = None
 
     def save(self, tag: str, tensors: dict[str, Any], state: dict[str, Any]) -> Path:

@@ -70,6 +70,17 @@ def test_a_sharded_run_resumed_mid_epoch_ends_bitwise_equal(workdir):
     assert "resumed from weights/tiny_iter_5.dcp at iteration 5" in log
 
 
+def test_resuming_a_sharded_checkpoint_into_another_model_is_one_line_naming_the_tensors(workdir):
+    assert train_in_process(workdir, TINY_SHARDED, "train.total_iters=5") == 0
+    with pytest.raises(InputError) as refused:
+        train_in_process(workdir, TINY_SHARDED, "model.width=16", "resume_path=weights/tiny_iter_5.dcp")
+    message = str(refused.value)
+    assert message.startswith("resume_path weights/tiny_iter_5.dcp does not match the model (shape mismatch: ")
+    assert message.endswith(
+        "resume with the model config the run was started with (pretrain_path takes weights into another model)"
+    )
+
+
 def test_a_directory_without_metadata_is_never_resumed_nor_counted_by_keep_last(workdir):
     document = tiny_config(
         train={"total_iters": 10, "val_interval": 10}, checkpoint={"interval": 5, "format": "sharded", "keep_last": 1}
