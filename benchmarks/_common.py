@@ -112,3 +112,46 @@ def parse_repeats(doc: str) -> int:
     repeats = benchmark_parser(doc).parse_args().repeats
     print(f"machine: {machine()}")
     return repeats
+
+
+SYNC_MESSAGE = "synchronizing CUDA operation"  # what torch.cuda.set_sync_debug_mode("warn") says
+
+
+def fit_recording_syncs(trainer) -> dict[int, list]:
+    """Train `trainer` to the end (then close it) under set_sync_debug_mode("warn"); return the
+    synchronising-call warnings per iteration (0: before the first step).
+
+    What arrives between the start of step N and the start of step N + 1 belongs to N: its
+    own work and its after-step work (logging, validation, saving).
+    """
+    import warnings
+
+    import torch
+
+    per_iteration: dict[int, list] = {}
+    state = {"iteration": 0, "seen": 0}
+    train_step = trainer._train_step
+
+    def attribute() -> None:
+        new = [w for w in caught[state["seen"] :] if SYNC_MESSAGE in str(w.message)]
+        state["seen"] = len(caught)
+        per_iteration.setdefault(state["iteration"], []).extend(new)
+
+    def recording_step() -> None:
+        attribute()
+        state["iteration"] = trainer.iteration + 1
+        train_step()
+
+    trainer._train_step = recording_step
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                trainer.fit()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+            attribute()
+    finally:
+        trainer.close()
+    return per_iteration

@@ -28,12 +28,11 @@ import contextlib
 import gc
 import os
 import time
-import warnings
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from _common import machine, median, scratch_dir
+from _common import fit_recording_syncs, machine, median, scratch_dir
 
 from data.synthetic import SyntheticImages
 from trainer.config import Config, config_from_dict
@@ -43,7 +42,6 @@ DEVICE = torch.device("cuda")
 NUM_SAMPLES, BATCH, NUM_CLASSES = 50_000, 256, 10
 LR, MOMENTUM = 0.1, 0.9
 LOG_INTERVAL = 50  # Kiln's default logging.interval; the plain loop reads its loss as often
-SYNC_MESSAGE = "synchronizing CUDA operation"  # what set_sync_debug_mode("warn") says
 
 
 def kiln_config(total_iters: int) -> Config:
@@ -148,37 +146,14 @@ def kiln_side(warmup: int, iterations: int) -> tuple[float, int]:
 def sync_check(iterations: int) -> tuple[collections.Counter, collections.Counter]:
     """Synchronising calls per iteration of a Trainer run, and where the off-log-step ones came from."""
     fresh_gpu()
-    trainer = Trainer(kiln_config(iterations))
-    per_iteration: collections.Counter = collections.Counter()
-    sources: collections.Counter = collections.Counter()
-    state = {"iteration": 0, "seen": 0}
-    train_step = trainer._train_step
-
-    def attribute() -> None:
-        """Count the sync warnings that arrived since the last call for the iteration then running."""
-        new = [w for w in caught[state["seen"] :] if SYNC_MESSAGE in str(w.message)]
-        state["seen"] = len(caught)
-        per_iteration[state["iteration"]] += len(new)
-        if state["iteration"] >= 2 and not is_logging_step(state["iteration"], iterations):
-            sources.update(f"{os.path.relpath(w.filename)}:{w.lineno}" for w in new)
-
-    def recording_step() -> None:
-        attribute()  # what arrived since the previous step began belongs to it (its logging, saving)
-        state["iteration"] = trainer.iteration + 1
-        train_step()
-
-    trainer._train_step = recording_step
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                trainer.fit()
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-            attribute()
-    finally:
-        trainer.close()
+    found = fit_recording_syncs(Trainer(kiln_config(iterations)))
+    per_iteration = collections.Counter({iteration: len(warned) for iteration, warned in found.items()})
+    sources = collections.Counter(
+        f"{os.path.relpath(w.filename)}:{w.lineno}"
+        for iteration, warned in found.items()
+        if iteration >= 2 and not is_logging_step(iteration, iterations)
+        for w in warned
+    )
     return per_iteration, sources
 
 

@@ -50,7 +50,6 @@ import math
 import os
 import shutil
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +57,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _common import REPO, alternate, benchmark_parser, machine, median, paired_ratios, pin_malloc_thresholds, scratch_dir
+from _common import (
+    REPO,
+    alternate,
+    benchmark_parser,
+    fit_recording_syncs,
+    machine,
+    median,
+    paired_ratios,
+    pin_malloc_thresholds,
+    scratch_dir,
+)
 
 from data.text import TextTokens
 from models.gpt import GPT
@@ -67,8 +76,6 @@ from trainer.config_files import load_document
 from trainer.optim import build_optimizer
 from trainer.throughput import mfu, peak_flops
 from trainer.trainer import Trainer
-
-SYNC_MESSAGE = "synchronizing CUDA operation"  # what set_sync_debug_mode("warn") says
 
 
 @dataclass(frozen=True)
@@ -309,34 +316,7 @@ def sync_check(case: Case, scratch: Path) -> dict[int, int]:
     """Kiln's synchronising CUDA calls per iteration of one run (0: before the first step)."""
     config = case.config(scratch / "sync")
     fresh_device(case.device)
-    trainer = Trainer(config)
-    per_iteration: dict[int, int] = {}
-    state = {"iteration": 0, "seen": 0}
-    train_step = trainer._train_step
-
-    def attribute() -> None:
-        new = [w for w in caught[state["seen"] :] if SYNC_MESSAGE in str(w.message)]
-        state["seen"] = len(caught)
-        per_iteration[state["iteration"]] = per_iteration.get(state["iteration"], 0) + len(new)
-
-    def recording_step() -> None:
-        attribute()  # what came since the previous step began belongs to it (its after-step work)
-        state["iteration"] = trainer.iteration + 1
-        train_step()
-
-    trainer._train_step = recording_step
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                trainer.fit()
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-            attribute()
-    finally:
-        trainer.close()
-    return per_iteration
+    return {iteration: len(found) for iteration, found in fit_recording_syncs(Trainer(config)).items()}
 
 
 def report_sync(case: Case, per_iteration: dict[int, int]) -> None:

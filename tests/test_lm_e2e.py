@@ -4,10 +4,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +12,7 @@ import torch
 
 from tests.conftest import assert_bitwise_equal, load_params, run_train, tiny_config, write_config
 from tests.helpers import train_in_dir, train_in_process
+from tests.trainer.test_distributed import torchrun
 from trainer.errors import InputError
 
 BLOCK = 16
@@ -85,8 +83,6 @@ def test_windows_longer_than_the_models_context_are_refused(workdir, corpus):
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_a_two_process_lm_run_resumes_bitwise_mid_epoch(workdir, corpus, strategy):
-    from tests.trainer.test_distributed import torchrun
-
     config = write_config(workdir / "lm.yaml", lm_config(corpus, workdir / "cache", seed=1))
     uninterrupted = torchrun(workdir, "-c", str(config), f"train.strategy={strategy}")
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
@@ -122,10 +118,6 @@ def test_the_preflight_leaves_no_gradient_on_an_fsdp_gpts_tied_embedding(workdir
     training step would otherwise add to its own."""
     config = write_config(workdir / "lm.yaml", lm_config(corpus, workdir / "cache"))
     (workdir / "left_gradients.py").write_text(LEFT_GRADIENTS)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [*command, "left_gradients.py", str(config)], cwd=workdir, capture_output=True, text=True, timeout=240, env=env
-    )
+    result = torchrun(workdir, str(config), script="left_gradients.py")
     assert result.returncode == 0, result.stderr[-3000:]
     assert [json.loads((workdir / f"left_{rank}.json").read_text()) for rank in (0, 1)] == [[], []]

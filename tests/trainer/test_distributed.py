@@ -14,14 +14,16 @@ import pytest
 import torch
 
 from data.sampler import ResumableBatchSampler
-from tests.conftest import TRAIN_PY, assert_bitwise_equal, load_params, tiny_config, write_config
+from tests.conftest import REPO, TRAIN_PY, assert_bitwise_equal, load_params, tiny_config, write_config
 from tests.helpers import train_in_process
 
 pytestmark = pytest.mark.slow
 
 
-def torchrun(workdir: Path, *args: str, nproc: int = 2, extra: tuple[str, ...] = (), timeout: float = 240):
-    """`torchrun --nproc_per_node=N train.py ARGS` in `workdir`."""
+def torchrun(
+    workdir: Path, *args: str, nproc: int = 2, extra: tuple[str, ...] = (), timeout: float = 240, script: str | Path = TRAIN_PY
+):
+    """`torchrun --nproc_per_node=N SCRIPT ARGS` in `workdir` (SCRIPT: train.py, or a test's own script there)."""
     # --standalone: a free port of its own, so parallel test workers never collide on 29500
     command = [
         sys.executable,
@@ -30,10 +32,11 @@ def torchrun(workdir: Path, *args: str, nproc: int = 2, extra: tuple[str, ...] =
         "--standalone",
         f"--nproc_per_node={nproc}",
         *extra,
-        str(TRAIN_PY),
+        str(script),
         *args,
     ]
-    env = {**os.environ, "PYTHONPATH": str(workdir), "OMP_NUM_THREADS": "1"}
+    # workdir: the test's own modules; the repo: what a test script there imports (trainer, models)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(workdir), str(REPO)]), "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
 
 

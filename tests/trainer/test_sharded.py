@@ -16,6 +16,7 @@ import torch
 
 from tests.conftest import REPO, assert_bitwise_equal, load_params, run_train, tiny_config, write_config
 from tests.helpers import train_in_dir, train_in_process
+from tests.trainer.test_distributed import torchrun
 from trainer import sharded
 from trainer.errors import InputError
 
@@ -27,13 +28,6 @@ MLP_SHARDED = tiny_config(
     checkpoint={"interval": 5, "format": "sharded"},
 )
 TINY_SHARDED = tiny_config(train={"total_iters": 20, "val_interval": 10}, checkpoint={"interval": 5, "format": "sharded"})
-
-
-def torchrun(workdir: Path, script: str | Path, *args: str, nproc: int = 2, timeout: float = 240):
-    """`torchrun --standalone --nproc_per_node=N SCRIPT ARGS` in `workdir`, one thread per process."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script), *args]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(workdir), str(REPO)]), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def test_a_sharded_run_writes_dcp_directories_and_the_pth_only_at_best_and_the_end(workdir):
@@ -190,12 +184,12 @@ def _assert_loaded_as_saved(workdir: Path, saved: Path) -> None:
 @pytest.mark.slow
 def test_a_sharded_checkpoint_of_4_fsdp_processes_resumes_on_2_and_on_1_loading_what_was_saved(workdir):
     config = write_config(workdir / "mlp.yaml", MLP_SHARDED)
-    written = torchrun(workdir, REPO / "train.py", "-c", str(config), "train.strategy=fsdp", "train.total_iters=5", nproc=4)
+    written = torchrun(workdir, "-c", str(config), "train.strategy=fsdp", "train.total_iters=5", nproc=4)
     assert written.returncode == 0, written.stderr[-3000:]
     saved = workdir / "weights" / "mlp_iter_5.dcp"
     assert len(list(saved.glob("*.distcp"))) == 4  # every rank wrote its own shards
     (workdir / "dump.py").write_text(DUMP_RESUMED_STATE)
-    on_two = torchrun(workdir, "dump.py", str(config), "train.strategy=fsdp", f"resume_path={saved}", nproc=2)
+    on_two = torchrun(workdir, str(config), "train.strategy=fsdp", f"resume_path={saved}", script="dump.py")
     assert on_two.returncode == 0, on_two.stderr[-3000:]
     _assert_loaded_as_saved(workdir, saved)
     # 5 steps of the global batch of 32 on 1078 digits: the sampler continues at sample 160 of epoch 0
@@ -220,19 +214,19 @@ def test_a_one_process_sharded_checkpoint_resumes_on_2_ddp_processes_and_a_2_pro
     assert train_in_process(workdir, MLP_SHARDED, "train.total_iters=5") == 0
     (workdir / "dump.py").write_text(DUMP_RESUMED_STATE)
     saved = workdir / "weights" / "mlp_iter_5.dcp"
-    on_two = torchrun(workdir, "dump.py", str(config), f"resume_path={saved}")
+    on_two = torchrun(workdir, str(config), f"resume_path={saved}", script="dump.py")
     assert on_two.returncode == 0, on_two.stderr[-3000:]
     _assert_loaded_as_saved(workdir, saved)
     # FSDP on 2 processes, resumed mid-epoch from its own sharded checkpoint: bitwise the uninterrupted run
     fsdp = workdir / "fsdp"
     fsdp.mkdir()
     short = ("train.strategy=fsdp", "train.total_iters=10")
-    uninterrupted = torchrun(fsdp, REPO / "train.py", "-c", str(config), *short)
+    uninterrupted = torchrun(fsdp, "-c", str(config), *short)
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
     resumed = fsdp / "resumed"
     (resumed / "weights").mkdir(parents=True)
     shutil.copytree(fsdp / "weights" / "mlp_iter_5.dcp", resumed / "weights" / "mlp_iter_5.dcp")
-    result = torchrun(resumed, REPO / "train.py", "-c", str(config), *short, "resume_path=auto")
+    result = torchrun(resumed, "-c", str(config), *short, "resume_path=auto")
     assert result.returncode == 0, result.stderr[-3000:]
     assert_bitwise_equal(load_params(resumed / "weights" / "mlp_iter_10.pth"), load_params(fsdp / "weights" / "mlp_iter_10.pth"))
 
