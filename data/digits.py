@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from data.packaged import load_digits_arrays
 from trainer.registry import DATASETS
 
 
@@ -33,11 +34,9 @@ class Digits(Dataset):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         if not 0 < val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
-        from sklearn.datasets import load_digits  # imported here: sklearn is slow to import
-
-        digits = load_digits()
-        images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8) in [0, 1]
-        labels = torch.tensor(digits.target, dtype=torch.int64)
+        pixels, targets = load_digits_arrays()  # sklearn's file, without importing sklearn
+        images = torch.tensor(pixels, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8) in [0, 1]
+        labels = torch.tensor(targets, dtype=torch.int64)
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(split_seed))
         num_val = round(len(labels) * val_fraction)
         train_indices, val_indices = order[num_val:], order[:num_val]

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from data.packaged import sample_photo_paths
 from trainer.registry import DATASETS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -77,10 +78,13 @@ def _to_tensor(pixels: np.ndarray) -> torch.Tensor:
 
 def _sample_photos() -> list[tuple[str, torch.Tensor]]:
     """scikit-learn's two 427x640 photos (china.jpg, flower.jpg): no download needed."""
-    from sklearn.datasets import load_sample_images  # imported here: sklearn is slow to import
+    from PIL import Image
 
-    photos = load_sample_images()
-    return [(Path(name).name, _to_tensor(image)) for name, image in zip(photos.filenames, photos.images, strict=True)]
+    photos = []
+    for path in sample_photo_paths():  # sklearn's files, without importing sklearn
+        with Image.open(path) as image:
+            photos.append((path.name, _to_tensor(np.asarray(image))))
+    return photos
 
 
 def _check_scale_and_patch(scale: int, patch_size: int | None, key: str = "patch_size") -> None:

@@ -19,6 +19,7 @@ DCP's metadata classes only, and a checkpoint that claims a non-tensor entry is 
 
 from __future__ import annotations
 
+import functools
 import io
 import pickle
 import shutil
@@ -28,15 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.state_dict import (
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
 
 from trainer.errors import InputError
 from utils.io import atomic_torch_save
@@ -46,8 +39,6 @@ STATE_FILE = "kiln_state.pt"
 METADATA_FILE = ".metadata"
 KEY_SHARDED = "sharded_checkpoint"  # in a loaded kiln_state: the directory the tensors are in
 KEY_WORLD_SIZE = "world_size"
-# DCP raises CheckpointException (a BaseException) for a failure on any rank, with that rank's traceback.
-_DCP_FAILURES = (Exception, CheckpointException)
 # A one-process run saves without a process group on purpose; DCP warns about that on every async save.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 KEY_OPTIMIZER = "optimizer"  # in kiln_state.pt: the optimizer state dict without its tensors
@@ -88,36 +79,68 @@ class _MetadataUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"GLOBAL {module}.{name} is not allowed in a checkpoint's .metadata")
 
 
-class _SafeReader(dcp.FileSystemReader):
-    """DCP's file reader with `.metadata` read by `_MetadataUnpickler` (DCP itself uses plain pickle)."""
+def _dcp() -> Any:
+    """torch.distributed.checkpoint, imported on first use: it pulls in DTensor and sympy (over a
+    second of start-up), which a run with `checkpoint.format: file` never needs."""
+    import torch.distributed.checkpoint as dcp
 
-    def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
-        """The checkpoint's Metadata, unpickled with the allowlist."""
-        with open(Path(self.path) / METADATA_FILE, "rb") as file:
-            metadata = _MetadataUnpickler(io.BytesIO(file.read())).load()
-        if getattr(metadata, "storage_meta", None) is None:
-            from torch.distributed.checkpoint.metadata import StorageMeta
-
-            metadata.storage_meta = StorageMeta()
-        metadata.storage_meta.load_id = self.load_id
-        return metadata
+    return dcp
 
 
-class _TensorsOnlyPlanner(dcp.DefaultLoadPlanner):
-    """DCP's load planner, refusing non-tensor entries (DCP would unpickle them with weights_only=False)."""
+def _dcp_failures() -> tuple[type[BaseException], ...]:
+    """What a DCP call raises for a failure on any rank: CheckpointException (a BaseException,
+    with that rank's traceback) or an ordinary error."""
+    from torch.distributed.checkpoint.api import CheckpointException
 
-    def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
-        """Refuse: Kiln's sharded checkpoints hold tensors only."""
-        raise InputError(
-            f"sharded checkpoint entry {read_item.dest_index.fqn} is a pickled Python object, which Kiln never "
-            "writes and will not unpickle (it could run code); use a checkpoint Kiln wrote"
-        )
+    return (Exception, CheckpointException)
+
+
+@functools.cache
+def _reader_classes() -> tuple[type, type]:
+    """(_SafeReader, _TensorsOnlyPlanner): DCP subclasses, defined on first use (see _dcp)."""
+    dcp = _dcp()
+
+    class _SafeReader(dcp.FileSystemReader):
+        """DCP's file reader with `.metadata` read by `_MetadataUnpickler` (DCP itself uses plain pickle)."""
+
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            """The checkpoint's Metadata, unpickled with the allowlist."""
+            with open(Path(self.path) / METADATA_FILE, "rb") as file:
+                metadata = _MetadataUnpickler(io.BytesIO(file.read())).load()
+            if getattr(metadata, "storage_meta", None) is None:
+                from torch.distributed.checkpoint.metadata import StorageMeta
+
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    class _TensorsOnlyPlanner(dcp.DefaultLoadPlanner):
+        """DCP's load planner, refusing non-tensor entries (DCP would unpickle them with weights_only=False)."""
+
+        def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+            """Refuse: Kiln's sharded checkpoints hold tensors only."""
+            raise InputError(
+                f"sharded checkpoint entry {read_item.dest_index.fqn} is a pickled Python object, which Kiln never "
+                "writes and will not unpickle (it could run code); use a checkpoint Kiln wrote"
+            )
+
+    return _SafeReader, _TensorsOnlyPlanner
+
+
+def _safe_reader(path: Path) -> Any:
+    """A DCP storage reader for `path` that unpickles `.metadata` with the allowlist."""
+    return _reader_classes()[0](path)
+
+
+def _tensors_only_planner(**options: Any) -> Any:
+    """A DCP load planner that refuses pickled (non-tensor) entries."""
+    return _reader_classes()[1](**options)
 
 
 def read_metadata(path: Path) -> Any:
     """The DCP Metadata of `path` (allowlisted unpickling); InputError when it cannot be read."""
     try:
-        return _SafeReader(path).read_metadata()
+        return _safe_reader(path).read_metadata()
     except (pickle.UnpicklingError, EOFError, OSError, AttributeError, ValueError) as error:
         raise InputError(f"sharded checkpoint {path} has an unreadable .metadata ({error}); use another checkpoint") from None
 
@@ -126,10 +149,10 @@ def load_tensors(path: Path, template: dict[str, Any]) -> None:
     """Fill `template` (a nested dict of tensors, DTensors included) in place from `path`, resharding as needed."""
     try:
         alone = not torch.distributed.is_initialized()
-        dcp.load(template, storage_reader=_SafeReader(path), planner=_TensorsOnlyPlanner(), no_dist=alone)
+        _dcp().load(template, storage_reader=_safe_reader(path), planner=_tensors_only_planner(), no_dist=alone)
     except InputError:
         raise
-    except _DCP_FAILURES as error:  # a damaged shard on any rank
+    except _dcp_failures() as error:  # a damaged shard on any rank
         reason = _reason(error)
         raise InputError(f"sharded checkpoint {path} could not be read ({reason}); use another checkpoint") from None
 
@@ -147,8 +170,9 @@ def load_all_tensors(path: Path) -> dict[str, Any]:
             )
         flat[key] = torch.empty(item.size, dtype=item.properties.dtype)
     try:
-        dcp.load(flat, storage_reader=_SafeReader(path), planner=_TensorsOnlyPlanner(flatten_state_dict=False), no_dist=True)
-    except _DCP_FAILURES as error:  # a missing or damaged shard file
+        planner = _tensors_only_planner(flatten_state_dict=False)
+        _dcp().load(flat, storage_reader=_safe_reader(path), planner=planner, no_dist=True)
+    except _dcp_failures() as error:  # a missing or damaged shard file
         reason = _reason(error)
         raise InputError(f"sharded checkpoint {path} could not be read ({reason}); use another checkpoint") from None
     return _nest(flat, getattr(metadata, "planner_data", None) or {})
@@ -215,6 +239,8 @@ def tensor_parts(model: nn.Module, optimizer: torch.optim.Optimizer, ema: nn.Mod
     """(the tensors DCP writes, the optimizer state dict without them): model, optimizer and EMA
     state as this rank holds them (FSDP: its shards; DDP and one process: plain tensors; keys
     without wrapper prefixes, so a checkpoint moves between strategies)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
     optimizer_state = get_optimizer_state_dict(model, optimizer)
     tensors, extra = {}, {}
     for name, entries in optimizer_state["state"].items():
@@ -229,6 +255,8 @@ def tensor_parts(model: nn.Module, optimizer: torch.optim.Optimizer, ema: nn.Mod
 def restore_parts(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, ema: nn.Module | None) -> None:
     """Load the model, optimizer and EMA tensors of the sharded checkpoint `state` describes, on
     this run's world size (DCP reshards), then its optimizer param groups."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
     path = state[KEY_SHARDED]
     template, _ = tensor_parts(model, optimizer, ema)
     _check_keys(path, template)
@@ -311,11 +339,11 @@ class ShardedWriter:
             atomic_torch_save({**state, KEY_WORLD_SIZE: self.dist.world_size}, partial / STATE_FILE)
         self.dist.barrier()  # the directory exists before any rank writes into it
         if not self.background:
-            _write_or_stop(lambda: dcp.save(tensors, checkpoint_id=partial, no_dist=not self.dist.enabled), final)
+            _write_or_stop(lambda: _dcp().save(tensors, checkpoint_id=partial, no_dist=not self.dist.enabled), final)
             if self.dist.is_main:
                 self._complete(partial, final)
             return final
-        future = dcp.async_save(tensors, checkpoint_id=partial, process_group=self._group, no_dist=not self.dist.enabled)
+        future = _dcp().async_save(tensors, checkpoint_id=partial, process_group=self._group, no_dist=not self.dist.enabled)
         done = threading.Event()
 
         def on_done(finished: Any) -> None:  # DCP's writer thread, right after .metadata (rank 0: all ranks done)
@@ -353,7 +381,7 @@ def _write_or_stop(write: Any, final: Path) -> None:
     """Run `write`; an I/O or DCP failure is a TrainingError naming the checkpoint."""
     try:
         write()
-    except _DCP_FAILURES as error:
+    except _dcp_failures() as error:
         raise _failed(final, error) from error
 
 
