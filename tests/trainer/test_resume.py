@@ -114,7 +114,7 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> No
         time.sleep(0.02)
 
 
-LONG_RUN = tiny_config(train={"total_iters": 800, "val_interval": 200}, checkpoint={"interval": 40})
+LONG_RUN = tiny_config(train={"total_iters": 400, "val_interval": 100}, checkpoint={"interval": 40})
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_sigkill_during_training_then_resume_auto_matches_uninterrupted(long_uni
     assert result.returncode == 0, result.stderr
     assert "resumed from weights/tiny_iter_" in result.stdout
     assert_bitwise_equal(
-        load_params(workdir / "weights" / "tiny_iter_800.pth"), load_params(long_uninterrupted / "weights" / "tiny_iter_800.pth")
+        load_params(workdir / "weights" / "tiny_iter_400.pth"), load_params(long_uninterrupted / "weights" / "tiny_iter_400.pth")
     )
 
 
@@ -155,7 +155,7 @@ def test_sigterm_saves_the_current_iteration_and_exits_143(long_uninterrupted, w
     result = run_train(workdir, "-c", str(config), "resume_path=auto")
     assert result.returncode == 0, result.stderr
     assert_bitwise_equal(
-        load_params(workdir / "weights" / "tiny_iter_800.pth"), load_params(long_uninterrupted / "weights" / "tiny_iter_800.pth")
+        load_params(workdir / "weights" / "tiny_iter_400.pth"), load_params(long_uninterrupted / "weights" / "tiny_iter_400.pth")
     )
 
 

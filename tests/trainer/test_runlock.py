@@ -26,6 +26,23 @@ print("locked", flush=True)
 time.sleep(600)
 """
 
+# Imported by the long-running first run: each step sleeps, so that run holds its lock without
+# taking a core from the processes the test starts beside it (on 2 cores it slowed them 3x).
+SLOW_STEPS_PLUGIN = """
+import time
+import trainer.trainer
+
+real_step = trainer.trainer.Trainer._train_step
+
+
+def sleepy_step(self):
+    time.sleep(0.05)
+    return real_step(self)
+
+
+trainer.trainer.Trainer._train_step = sleepy_step
+"""
+
 
 def test_a_second_lock_on_the_same_experiment_names_the_holder(tmp_path):
     first = RunLock("tiny", [tmp_path / "experiments", tmp_path / "weights"])
@@ -95,8 +112,9 @@ def _wait_for(path: Path, text: str, process: subprocess.Popen, timeout: float =
 def test_a_second_run_of_a_running_experiment_exits_2_and_touches_nothing(tmp_path):
     document = tiny_config(train={"total_iters": 100000, "val_interval": 100000}, checkpoint={"interval": 100000})
     config = write_config(tmp_path / "config.yaml", document)
+    (tmp_path / "slow_steps.py").write_text(SLOW_STEPS_PLUGIN)
     first = subprocess.Popen(
-        [sys.executable, str(TRAIN_PY), "-c", str(config), "logging.interval=2"],
+        [sys.executable, str(TRAIN_PY), "-c", str(config), "logging.interval=2", "imports=[slow_steps]"],
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
