@@ -30,7 +30,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog="example: python tools/evaluate.py -c configs/digits_cnn.yaml --weights weights/digits_cnn_best.pth",
     )
     parser.add_argument("-c", "--config", required=True, help="the experiment's YAML file (model, data.val, metrics)")
-    parser.add_argument("--weights", required=True, help="a Kiln .pth or .pt, or another tool's state dict")
+    parser.add_argument(
+        "--weights",
+        required=True,
+        help="a Kiln .pth or .pt, another tool's state dict, a .safetensors file, or a Hugging Face folder or sharded index",
+    )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config key = YAML value, e.g. device=cpu")
     return parser.parse_intermixed_args(argv)
 
@@ -92,7 +96,7 @@ def load_weights_into(model: Any, path: str, config: Any) -> None:
     """
     from trainer.checkpoint import extract_weights, load_file, load_model_state, revise_keys
 
-    state = extract_weights(load_file(path, "--weights"), config.pretrain_key, Path(path), "--weights")
+    state = extract_weights(load_file(path, "--weights"), config.pretrain_key, path, "--weights")
     revised = revise_keys(state, [])  # strips DDP `module.` / compile `_orig_mod.` prefixes only
     if config.pretrain_revise_keys and set(revised) != set(model.state_dict()):
         revised = revise_keys(state, config.pretrain_revise_keys)

@@ -10,8 +10,9 @@
 
 From a full `.pt` it takes the weights the trainer's `.pth` of that iteration holds: the EMA
 weights when the run used `train.ema`, else the model's. A `.pth` or another tool's state dict
-(found as `pretrain_key: auto` finds it) works too. An existing file is never overwritten
-unless --force is given; every write is atomic (temporary file, fsync, rename).
+(found as `pretrain_key: auto` finds it) works too, as do a `.safetensors` file and a Hugging
+Face model folder or sharded index (read as pretrain_path reads them: trainer/weight_files.py).
+An existing file is never overwritten unless --force is given; every write is atomic (temporary file, fsync, rename).
 """
 
 from __future__ import annotations
@@ -40,7 +41,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Write the weights of a checkpoint as a weight-only .pth or a .safetensors file.",
         epilog="example: python tools/export.py weights/digits_cnn_best.pt --format safetensors",
     )
-    parser.add_argument("checkpoint", help="a Kiln .pt, .pth or sharded .dcp directory, or another tool's state dict")
+    parser.add_argument(
+        "checkpoint",
+        help="a Kiln .pt, .pth or sharded .dcp directory, another tool's state dict, a .safetensors file, or a Hugging Face "
+        "model folder or sharded index",
+    )
     parser.add_argument("-o", "--output", help="where to write (default: CHECKPOINT with the format's suffix)")
     parser.add_argument("--format", choices=sorted(SUFFIXES), default="pth", help="pth (default), safetensors or pt")
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
@@ -104,7 +109,13 @@ def export(checkpoint: str, output: str | None, fmt: str, force: bool) -> tuple[
     from trainer import sharded
     from trainer.checkpoint import load_file
     from trainer.errors import InputError
+    from trainer.storage import basename, is_url, local_copy
 
+    if is_url(output):
+        raise InputError(f"-o {output} is a URL; write a local file, then upload it with tools/checkpoints.py push")
+    if is_url(checkpoint):  # read from a temporary download; the export lands here unless -o says where
+        with local_copy(checkpoint, "checkpoint") as local:
+            return export(str(local), output or str(Path(basename(checkpoint)).with_suffix(SUFFIXES[fmt])), fmt, force)
     source = Path(checkpoint)
     obj = sharded.consolidate(source) if sharded.is_sharded_checkpoint(source) else load_file(source, "checkpoint")
     if fmt == "pt" and not (isinstance(obj, dict) and sharded.KEY_OPTIMIZER in obj and "format_version" in obj):

@@ -75,6 +75,17 @@ def describe(path: Path) -> tuple[list[tuple[str, str]], dict | None]:
     return [("file", size), *rows, ("top-level keys", keys)], config
 
 
+def describe_location(location: str) -> tuple[list[tuple[str, str]], dict | None]:
+    """`describe` for a local path or a URL (`s3://...`: read from a temporary download, shown by its URL)."""
+    from trainer.storage import is_url, local_copy
+
+    if not is_url(location):
+        return describe(Path(location))
+    with local_copy(location, "checkpoint") as local:
+        rows, config = describe(local)
+    return [(label, text.replace(str(local), location)) for label, text in rows], config
+
+
 def _describe_sharded(path: Path) -> tuple[list[tuple[str, str]], dict | None]:
     """Rows for a sharded checkpoint directory: complete or not, who saved it, what it holds."""
     from trainer import sharded
@@ -189,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.errors import InputError
 
     try:
-        rows, config = describe(Path(args.path))
+        rows, config = describe_location(args.path)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -130,12 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from data.sr import load_rgb
     from trainer.errors import InputError
+    from trainer.storage import is_url
 
     try:
         if not Path(args.image).is_file():
             raise InputError(f"image {args.image} does not exist; check the path")
         fmt = output_format(args.output, args.image, args.force)
-        if not Path(args.weights).is_file():
+        if not is_url(args.weights) and not Path(args.weights).is_file():  # a URL is checked when it is read
             raise InputError(f"--weights {args.weights} does not exist; check the path (e.g. weights/<name>_best.pth)")
         try:
             image = load_rgb(args.image)[None]  # (1, 3, h, w)

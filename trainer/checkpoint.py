@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import pickle
 import re
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -25,10 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainer import sharded
+from trainer import sharded, weight_files
 from trainer.distributed import Distributed, load_model_state_dict
 from trainer.errors import InputError, TrainingError
-from utils.io import atomic_torch_save, unused_path
+from trainer.storage import as_location, basename, is_url, local_copy, open_storage
+from utils.io import atomic_torch_save
 
 FORMAT_VERSION = 1
 KEY_FORMAT = "format_version"
@@ -87,12 +87,19 @@ def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def load_file(path: str | Path, what: str) -> Any:
-    """torch.load with weights_only=True; any failure is one InputError line naming the file."""
+    """torch.load with weights_only=True (safetensors files and Hugging Face folders: their own
+    loader, trainer/weight_files.py); any failure is one InputError line naming the file. A URL
+    (`s3://...`) is downloaded to a temporary file first; its errors name the URL."""
+    if is_url(path):
+        with local_copy(str(path), what) as local:
+            return load_file(local, what)
     path = Path(path)
+    if weight_files.is_safetensors(path):
+        return weight_files.load(path, what)
     if path.is_dir():
         raise InputError(
-            f"{what} {path} is a directory, not a checkpoint file; give the path of a .pt or .pth file, "
-            "or of a sharded checkpoint (<name>_iter_<N>.dcp)"
+            f"{what} {path} is a directory, not a checkpoint file; give the path of a .pt, .pth or .safetensors "
+            f"file, of a folder with {weight_files.INDEX_NAME}, or of a sharded checkpoint (<name>_iter_<N>.dcp)"
         )
     if not path.is_file():
         raise InputError(f"{what} {path} does not exist; check the path")
@@ -187,8 +194,9 @@ def load_model_state(
     """Load `state` into `model`. strict: any difference is an InputError naming the first keys
     and saying `fix`; otherwise the matching tensors load and the report lists the rest."""
     own = model.state_dict()
+    tied = weight_files.tied_aliases(model)  # a tied key the file omits loads through its alias
     report = LoadReport(
-        missing=[key for key in own if key not in state],
+        missing=[key for key in own if key not in state and not tied.get(key, set()) & state.keys()],
         unexpected=[key for key in state if key not in own],
         mismatched=[
             f"{key} {tuple(state[key].shape)} vs {tuple(own[key].shape)}"
@@ -225,7 +233,8 @@ def to_host(obj: Any, *, copy: bool) -> Any:
 
 
 class CheckpointManager:
-    """Writes and finds one experiment's checkpoints in `directory`.
+    """Writes and finds one experiment's checkpoints in `directory`, a local path or an fsspec
+    URL such as `s3://bucket/prefix` (trainer/storage.py gives both the same operations).
 
     Public API: `should_save`, `save_from` (the Trainer's, every rank), `save` (a prepared .pt
     and .pth, rank 0), `wait`, `latest`, `load_checkpoint`, `load_weights`, `prune`,
@@ -233,6 +242,10 @@ class CheckpointManager:
     `sharded` (a .dcp directory every rank writes into; trainer/sharded.py). With
     `background=True` a save copies the state to host memory and returns: a thread writes the
     files (at most one write in flight).
+
+    Remote: the .pth is uploaded first and the .pt last. A listing counts only `.pt` objects,
+    so the .pt is the marker of a complete pair, and an object appears only once its upload
+    is complete: a crash mid-upload leaves nothing that `latest` would pick.
     """
 
     def __init__(
@@ -244,7 +257,8 @@ class CheckpointManager:
         fmt: str = "file",
         dist: Distributed | None = None,
     ) -> None:
-        self.directory = Path(directory)
+        self.storage = open_storage(directory)
+        self.directory = self.storage.root  # a Path, or the URL without a trailing /
         self.name = name
         self.keep_last = keep_last
         self.background = background
@@ -256,10 +270,13 @@ class CheckpointManager:
         self._writer: threading.Thread | None = None
         self._write_error: TrainingError | None = None
         self._sharded = sharded.ShardedWriter(self, self.dist, background) if fmt == "sharded" else None
+        # The run id of every checkpoint this manager read: holds_other_run need not fetch a
+        # remote .pt twice (resume_path auto has just downloaded the newest).
+        self._run_ids: dict[str, str | None] = {}
 
-    def path(self, tag: str, suffix: str) -> Path:
-        """`<dir>/<name>_<tag><suffix>`, e.g. tag iter_500 or best, suffix .pt or .pth."""
-        return self.directory / f"{self.name}_{tag}{suffix}"
+    def path(self, tag: str, suffix: str) -> Path | str:
+        """`<dir>/<name>_<tag><suffix>`, e.g. tag iter_500 or best, suffix .pt or .pth (a URL for a remote dir)."""
+        return self.storage.location(f"{self.name}_{tag}{suffix}")
 
     @staticmethod
     def should_save(iteration: int, interval: int, total_iters: int) -> bool:
@@ -284,10 +301,7 @@ class CheckpointManager:
         if tag == "best" or final:
             weights = source.export_weights()  # every rank takes part in the gather
             if self.dist.is_main:
-                path = self.path(tag, ".pth")
-                self._write(({KEY_WEIGHTS: weights},), (path,), prune=False, on_written=None)
-                if on_written is not None:
-                    on_written(path)
+                self._write(({KEY_WEIGHTS: weights},), (f"{self.name}_{tag}.pth",), prune=False, on_written=on_written)
 
     def save(
         self,
@@ -295,38 +309,44 @@ class CheckpointManager:
         checkpoint: dict[str, Any],
         weights: dict[str, torch.Tensor],
         on_written: Callable[[Path], Any] | None = None,
-    ) -> tuple[Path, Path]:
+    ) -> tuple[Path | str, Path | str]:
         """Write `<name>_<tag>.pt` (the full checkpoint) and `.pth` (`{"params": weights}`).
 
         Iteration saves prune old checkpoints once both files are complete; `on_written` gets
-        the .pth path after that (the Logger archives best weights this way).
+        the .pth after that (the Logger archives best weights this way): always a local file,
+        for a remote dir its staging copy, readable while the callback runs.
         """
         self.wait()
-        self.directory.mkdir(parents=True, exist_ok=True)
-        paths = self.path(tag, ".pt"), self.path(tag, ".pth")
+        self.storage.makedirs()
+        names = f"{self.name}_{tag}.pt", f"{self.name}_{tag}.pth"
         snapshot = to_host((checkpoint, {KEY_WEIGHTS: weights}), copy=self.background)
-        job = (snapshot, paths, tag.startswith("iter_"), on_written)
+        job = (snapshot, names, tag.startswith("iter_"), on_written)
         if self.background:
             self._writer = threading.Thread(target=self._write_in_background, args=job, name="kiln-checkpoint-writer")
             self._writer.start()
         else:
             self._write(*job)
-        return paths
+        return self.storage.location(names[0]), self.storage.location(names[1])
 
-    def _write(self, snapshot: tuple, paths: tuple[Path, Path], prune: bool, on_written: Callable | None) -> None:
-        """Write both files atomically, then prune and report; an I/O error stops the run."""
-        try:
-            for obj, path in zip(snapshot, paths, strict=True):
-                atomic_torch_save(obj, path)
-        except OSError as error:
-            raise TrainingError(
-                f"could not write checkpoint {path} ({error.strerror or error}); earlier checkpoints are intact: "
-                "free disk space or fix permissions, then resume with resume_path=auto"
-            ) from error
-        if prune:
-            self.prune()
-        if on_written is not None:
-            on_written(paths[1])
+    def _write(self, snapshot: tuple, names: tuple[str, ...], prune: bool, on_written: Callable | None) -> None:
+        """Write the files atomically, then prune and report the .pth (the last name); an I/O error stops the run."""
+        items = list(zip(snapshot, names, strict=True))
+        if self.storage.remote:  # a listing counts the .pt: it goes up last, after the .pth it vouches for
+            items.reverse()
+        with self.storage.writer() as writer:
+            try:
+                for obj, name in items:
+                    atomic_torch_save(obj, writer.path(name))
+                    writer.commit(name)
+            except OSError as error:
+                raise TrainingError(
+                    f"could not write checkpoint {self.storage.location(name)} ({error.strerror or error}); earlier "
+                    f"checkpoints are intact: {self.storage.write_fix}, then resume with resume_path=auto"
+                ) from error
+            if prune:
+                self.prune()
+            if on_written is not None:
+                on_written(writer.path(names[-1]))
 
     def _write_in_background(self, *job: Any) -> None:
         time.sleep(0)  # hand the GIL back at once, so save() returns right after Thread.start()
@@ -335,7 +355,8 @@ class CheckpointManager:
         except TrainingError as error:
             self._write_error = error
         except Exception as error:  # noqa: BLE001 - reported to the training thread by wait()
-            self._write_error = TrainingError(f"writing checkpoint {job[1][0]} in the background failed: {error!r}")
+            location = self.storage.location(job[1][0])
+            self._write_error = TrainingError(f"writing checkpoint {location} in the background failed: {error!r}")
 
     def wait(self) -> None:
         """Block until the background write (if any) is done; raise the error it met."""
@@ -348,56 +369,67 @@ class CheckpointManager:
             error, self._write_error = self._write_error, None
             raise error
 
-    def iteration_checkpoints(self) -> list[tuple[int, Path]]:
+    def iteration_checkpoints(self) -> list[tuple[int, Path | str]]:
         """(N, path) of every complete `<name>_iter_<N>.pt` and `.dcp`, oldest first.
 
         Writes are atomic, so a file under its final name is complete: temporary files
-        (`.<name>.<pid>.tmp`) never match. A .dcp directory counts once its `.metadata` is
-        written (sharded saves are renamed into place only then; a directory copied or cut
-        short without it is skipped).
+        (`.<name>.<pid>.tmp`) never match, and a remote .pth whose .pt never arrived is not
+        counted. A .dcp directory counts once its `.metadata` is written (sharded saves are
+        renamed into place only then; a directory copied or cut short without it is skipped);
+        on object storage, where sharded saves are refused, a .dcp is never counted.
         """
-        if not self.directory.is_dir():
-            return []
         found = []
-        for path in self.directory.iterdir():
-            match = self._iter_pattern.match(path.name)
-            if match and (path.is_file() if match.group(2) == ".pt" else sharded.is_complete(path)):
-                found.append((int(match.group(1)), path))
+        for entry in self.storage.entries():
+            match = self._iter_pattern.match(entry.name)
+            if match and self._is_complete(entry.name, entry.is_dir, match.group(2)):
+                found.append((int(match.group(1)), self.storage.location(entry.name)))
         return sorted(found)
 
-    def latest(self) -> Path | None:
+    def _is_complete(self, name: str, is_dir: bool, suffix: str) -> bool:
+        """A .pt file, or a local .dcp directory with its .metadata."""
+        if suffix == ".pt":
+            return not is_dir
+        return is_dir and not self.storage.remote and sharded.is_complete(self.storage.location(name))
+
+    def latest(self) -> Path | str | None:
         """The newest iteration checkpoint of this experiment, or None."""
         checkpoints = self.iteration_checkpoints()
         return checkpoints[-1][1] if checkpoints else None
 
-    def prune(self) -> list[Path]:
+    def prune(self) -> list[Path | str]:
         """Delete all but the newest `keep_last` iteration checkpoints (.pt and .pth); never best.
 
         Called only after the newest save is complete, so a crash never leaves fewer than
-        keep_last complete checkpoints.
+        keep_last complete checkpoints. The .pt (the marker) goes first: a crash mid-prune
+        leaves at most a .pth that no listing counts.
         """
         if self.keep_last is None:
             return []
+        present = {entry.name: entry.is_dir for entry in self.storage.entries()}
         removed = []
-        for _, path in self.iteration_checkpoints()[: -self.keep_last]:
-            for victim in (path, path.with_suffix(".pth")):
-                if victim.is_dir():
-                    sharded.remove(victim)
-                    removed.append(victim)
-                elif victim.exists():
-                    victim.unlink()
-                    removed.append(victim)
+        for _, location in self.iteration_checkpoints()[: -self.keep_last]:
+            stem = basename(location).rsplit(".", 1)[0]
+            for victim in (basename(location), f"{stem}.pth"):
+                if victim not in present:
+                    continue
+                if present[victim]:
+                    sharded.remove(self.storage.location(victim))  # a local .dcp
+                else:
+                    self.storage.delete(victim)
+                removed.append(self.storage.location(victim))
         return removed
 
     def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
         """Load a full .pt for resuming (of a .dcp: its small part, the tensors load later into
         the live model); anything else is an InputError saying what it is."""
-        path = Path(path)
+        path = as_location(path)
         obj = (
             sharded.load_state_file(path, "resume_path")
-            if sharded.is_sharded_checkpoint(path)
+            if isinstance(path, Path) and sharded.is_sharded_checkpoint(path)
             else load_file(path, "resume_path")
         )
+        if isinstance(obj, dict) and KEY_FORMAT in obj:
+            self._run_ids[str(path)] = obj.get(KEY_RUN_ID)
         if isinstance(obj, dict) and KEY_FORMAT in obj and KEY_OPTIMIZER in obj:
             if obj[KEY_FORMAT] > FORMAT_VERSION:
                 raise InputError(
@@ -419,9 +451,9 @@ class CheckpointManager:
     def load_weights(
         self, path: str | Path, key: str, rules: list[list[str]], what: str = "pretrain_path"
     ) -> dict[str, torch.Tensor]:
-        """The model weights in any supported file (Kiln .pth/.pt, BasicSR, Lightning, plain)."""
-        path = Path(path)
-        if path.is_dir() and sharded.is_sharded_checkpoint(path):
+        """The model weights in any supported file (Kiln .pth/.pt, BasicSR, Lightning, plain), local or a URL."""
+        path = as_location(path)
+        if isinstance(path, Path) and path.is_dir() and sharded.is_sharded_checkpoint(path):
             sharded.load_state_file(path, what)  # complete, and Kiln's
             return revise_keys(extract_weights(sharded.load_all_tensors(path), key, path, what), rules)
         return revise_keys(extract_weights(load_file(path, what), key, path, what), rules)
@@ -430,39 +462,49 @@ class CheckpointManager:
         """Whether this experiment's files here belong to a run other than `run_id`.
 
         Judged by the newest full checkpoint that loads (memory-mapped: only its small entries
-        are read); files with no loadable checkpoint beside them count as another run's.
+        are read; a remote one is downloaded unless this manager already read it); files with no
+        loadable checkpoint beside them count as another run's.
         """
-        if not self._own_files():
+        own = self._own_files()
+        if not own:
             return False
         candidates = [path for _, path in reversed(self.iteration_checkpoints())]
-        candidates += [self.path("best", ".pt"), self.path("best", sharded.SUFFIX)]
+        candidates += [self.path("best", suffix) for suffix in (".pt", sharded.SUFFIX) if f"{self.name}_best{suffix}" in own]
         for path in candidates:
-            try:
-                small = path / sharded.STATE_FILE if path.is_dir() else path
-                obj = torch.load(small, map_location="cpu", weights_only=True, mmap=True)
-            except Exception:  # noqa: BLE001, S112 - missing or damaged: the next one decides
-                continue
-            if isinstance(obj, dict) and KEY_FORMAT in obj:
-                return obj.get(KEY_RUN_ID) != run_id
+            if str(path) not in self._run_ids:
+                self._read_run_id(path)
+            if str(path) in self._run_ids:
+                return self._run_ids[str(path)] != run_id
         return True
 
-    def _own_files(self) -> list[Path]:
-        """This experiment's files in the directory (both formats, best, exports)."""
-        if not self.directory.is_dir():
-            return []
-        return [
-            path
-            for path in self.directory.iterdir()
-            if self._own_file.match(path.name) and (path.is_file() or path.suffix == sharded.SUFFIX)
-        ]
+    def _read_run_id(self, path: Path | str) -> None:
+        """Record the run id of the full checkpoint at `path`; nothing when it is missing or damaged."""
+        try:
+            if isinstance(path, str):
+                with local_copy(path, "checkpoint") as local:
+                    obj = torch.load(local, map_location="cpu", weights_only=True, mmap=True)
+            else:
+                small = path / sharded.STATE_FILE if path.is_dir() else path
+                obj = torch.load(small, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # noqa: BLE001 - missing or damaged: the next one decides
+            return
+        if isinstance(obj, dict) and KEY_FORMAT in obj:
+            self._run_ids[str(path)] = obj.get(KEY_RUN_ID)
 
-    def archive_existing(self, stamp: str) -> Path | None:
-        """Move this experiment's own weight files into `<dir>/<name>_archived_<stamp>/`."""
+    def _own_files(self) -> list[str]:
+        """The names of this experiment's files in the directory (both formats, best, exports),
+        the .pt markers first: a move cut short leaves no .pt whose .pth has gone."""
+        own = [
+            entry.name
+            for entry in self.storage.entries()
+            if self._own_file.match(entry.name) and (not entry.is_dir or entry.name.endswith(sharded.SUFFIX))
+        ]
+        return sorted(own, key=lambda name: not name.endswith(".pt"))
+
+    def archive_existing(self, stamp: str) -> Path | str | None:
+        """Move this experiment's own weight files into `<dir>/<name>_archived_<stamp>/` (on object
+        storage: under that prefix, each object copied then deleted, so none is ever lost)."""
         own = self._own_files()
         if not own:
             return None
-        target = unused_path(self.directory / f"{self.name}_archived_{stamp}")
-        target.mkdir()
-        for path in own:
-            shutil.move(str(path), str(target / path.name))
-        return target
+        return self.storage.archive(own, f"{self.name}_archived_{stamp}")

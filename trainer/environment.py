@@ -14,12 +14,28 @@ import torch
 
 from trainer.config import Config
 from trainer.errors import InputError
+from trainer.storage import check_store, is_url
 
 
 def check_output_dirs(config: Config) -> None:
     """checkpoint.dir and logging.dir must be creatable and writable, and the run's log directory
-    <logging.dir>/<name> a directory if it exists; checked without creating anything."""
-    for key, directory in (("checkpoint.dir", config.checkpoint.dir), ("logging.dir", config.logging.dir)):
+    <logging.dir>/<name> a directory if it exists; checked without creating anything.
+
+    A remote checkpoint.dir (`s3://bucket/prefix`) is checked by talking to the store: a
+    missing package, bucket or credentials, or an unreachable endpoint, is one line here,
+    before anything is built. logging.dir stays local: the log, the run lock and the best copy live there.
+    """
+    if is_url(config.logging.dir):
+        raise InputError(
+            f"config key logging.dir: {config.logging.dir} is a URL, but the log directory (train.log, the run lock, "
+            "the best weights' copy) must be local; give a local path (checkpoint.dir may be a URL)"
+        )
+    local = [("logging.dir", config.logging.dir)]
+    if is_url(config.checkpoint.dir):
+        check_store(config.checkpoint.dir, "config key checkpoint.dir:", write=True)
+    else:
+        local.insert(0, ("checkpoint.dir", config.checkpoint.dir))
+    for key, directory in local:
         path = Path(directory).absolute()
         existing = next(parent for parent in (path, *path.parents) if parent.exists())
         if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
@@ -41,8 +57,8 @@ def check_shared_checkpoint_dir(directory: str, dist: Any) -> None:
     existing folder of the path (nothing is created), every rank looks for it, rank 0 removes it.
     """
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size))
-    if not dist.enabled or local_world >= dist.world_size:
-        return  # one node: its processes share its filesystem
+    if not dist.enabled or local_world >= dist.world_size or is_url(directory):
+        return  # one node: its processes share its filesystem; every node reaches an object store
     path = Path(directory).absolute()  # each rank's own: a relative path may differ between nodes
     existing = next(parent for parent in (path, *path.parents) if parent.exists())
     name = f".kiln_shared_check_{uuid.uuid4().hex}" if dist.is_main else None

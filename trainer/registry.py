@@ -5,7 +5,8 @@ registrations, then in the torch module that kind falls back to (every torch.opt
 lr_scheduler and torch.nn loss works by name), then imported as a dotted path
 (`mypkg.nets.TinyNet`), so users plug in their own classes without touching Kiln's files.
 A name still unknown is looked up among the kind's lazy builders (models: torchvision's
-classification networks, `resnet18`, `mobilenet_v3_small`, ...).
+classification networks, `resnet18`, `mobilenet_v3_small`, ...). A `prefix/<name>` type goes to
+the kind's namespace of that prefix (models: `timm/<name>`, any of timm's models).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Registry:
         kind: str,
         fallback: Callable[[], ModuleType] | None = None,
         builders: Callable[[], dict[str, Callable]] | None = None,
+        namespaces: dict[str, Callable[[str], Callable]] | None = None,
     ) -> None:
         self.kind = kind
         self._entries: dict[str, Callable] = {}
@@ -37,6 +39,9 @@ class Registry:
         # name -> factory, asked only for a name found nowhere else: it may import a heavy
         # package (torchvision takes seconds), which a registered name must never pay for
         self._builders = builders
+        # prefix -> resolver of `prefix/<name>` types (models: timm/<name>), which imports its
+        # package only when a config names it; checked first, as its names may contain dots
+        self._namespaces = namespaces or {}
 
     def register(self, obj: Callable | None = None, *, name: str | None = None) -> Callable:
         """Register `obj` under `name` (default: its __name__); usable as a decorator."""
@@ -60,6 +65,9 @@ class Registry:
         """The class registered as `name`, found in the fallback module, or imported by dotted path."""
         if name in self._entries:
             return self._entries[name]
+        prefix, slash, rest = name.partition("/")
+        if slash and prefix in self._namespaces:
+            return self._namespaces[prefix](rest)
         fallback = self._fallback() if self._fallback else None
         if fallback is not None and _is_torch_class(getattr(fallback, name, None)):
             return getattr(fallback, name)
@@ -165,10 +173,18 @@ def _torchvision_classifiers() -> dict[str, Callable]:
     return {name: torchvision.models.get_model_builder(name) for name in names}
 
 
-MODELS = Registry("model", builders=_torchvision_classifiers)
+def _timm_model(name: str) -> Callable:
+    """The factory of timm model `name` (`type: timm/<name>`); imports timm (models/timm_models.py)."""
+    from models import timm_models
+
+    return timm_models.builder(name)
+
+
+MODELS = Registry("model", builders=_torchvision_classifiers, namespaces={"timm": _timm_model})
 DATASETS = Registry("dataset")
 LOSSES = Registry("loss", _torch_module("torch.nn"))
 METRICS = Registry("metric")
 OPTIMIZERS = Registry("optimizer", _torch_module("torch.optim"))
 SCHEDULERS = Registry("scheduler", _torch_module("torch.optim.lr_scheduler"))
 REPORTERS = Registry("reporter")
+TRACKERS = Registry("tracker")  # trainer/trackers: csv, mlflow, wandb

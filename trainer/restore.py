@@ -26,11 +26,12 @@ from trainer.config import Config, config_changes
 from trainer.errors import InputError
 from trainer.logger import archive_log_dir
 from trainer.optim import IMPLEMENTATION_KEYS, load_keeping_implementation
+from trainer.storage import as_location
 
 
 def find_checkpoint(
     resume_path: str | None, checkpoints: CheckpointManager
-) -> tuple[Path | None, dict[str, Any] | None, list[str]]:
+) -> tuple[Path | str | None, dict[str, Any] | None, list[str]]:
     """(path, checkpoint, notes): resume_path, or for `auto` the newest checkpoint that loads.
 
     The notes name the damaged checkpoints `auto` skipped on its way. When every checkpoint
@@ -40,7 +41,7 @@ def find_checkpoint(
     if resume_path is None:
         return None, None, []
     if resume_path != "auto":
-        path = Path(resume_path)
+        path = as_location(resume_path)  # a URL stays one: Path would fold s3:// into s3:/
         return path, checkpoints.load_checkpoint(path), []
     skipped, damaged = [], []
     for _, path in reversed(checkpoints.iteration_checkpoints()):

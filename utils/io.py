@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
-
-import torch
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -42,8 +41,27 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     _fsync_directory(path.parent)
 
 
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside `path` for a writer that needs a file name (a download, a copy);
+    on success it is fsynced and renamed over `path`, on any error removed (atomic_write's rules)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as file:
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
 def atomic_torch_save(obj: object, path: str | Path) -> None:
     """torch.save `obj` to `path` atomically (temporary file, fsync, rename, fsync directory)."""
+    import torch  # here, so that the config door (trainer.storage.is_url) stays free of torch
+
     atomic_write(path, lambda file: torch.save(obj, file))
 
 
