@@ -22,6 +22,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from trainer.config_files import apply_override, dump_yaml, load_document, yaml_type_name
 from trainer.errors import InputError
+from trainer.storage import is_url
 
 # ---------------------------------------------------------------------------------------------
 # The typed config
@@ -68,6 +69,15 @@ class MetricSpec:
         if self.name == self.type and not self.kwargs:
             return self.type
         return {"type": self.type, "name": self.name, **copy.deepcopy(self.kwargs)}
+
+
+@dataclass(frozen=True)
+class TrackerSpec(Component):
+    """An experiment tracker (trainer/trackers): a registered name such as mlflow, and its options in `kwargs`."""
+
+    def to_dict(self) -> str | dict:
+        """The YAML form: the bare name when it has no options."""
+        return self.type if not self.kwargs else super().to_dict()
 
 
 @dataclass(frozen=True)
@@ -151,6 +161,15 @@ class CheckpointConfig:
     """file: a whole .pt written by rank 0; sharded: a torch.distributed.checkpoint directory
     (.dcp) every rank writes its own shards into, resumable on another world size."""
 
+    def __post_init__(self) -> None:
+        """A sharded checkpoint needs a filesystem every rank writes into, which an object store is not."""
+        if self.format == "sharded" and is_url(self.dir):
+            raise InputError(
+                f"config key checkpoint.format: sharded needs checkpoint.dir on a local or shared filesystem (every "
+                f"rank writes its own shards into one directory), but {self.dir} is object storage; use format: file "
+                "there, or a shared filesystem for sharded checkpoints (tools/checkpoints.py push copies them up)"
+            )
+
 
 @dataclass(frozen=True)
 class LoggingConfig:
@@ -164,6 +183,19 @@ class LoggingConfig:
     """Write TensorBoard event files."""
     progress: bool = True
     """Show a tqdm bar (only when stdout is a terminal)."""
+    trackers: list[TrackerSpec] = field(default_factory=list)
+    """Experiment trackers that also record the run: names (csv, mlflow, wandb) or {type: NAME, ...options}."""
+    log_checkpoints: Literal["none", "best", "all"] = "none"
+    """Which .pth files the trackers record: none | best (each new best) | all (also every <name>_iter_<N>)."""
+
+    def __post_init__(self) -> None:
+        """Each tracker once: a checkpoint keeps one run per tracker, by its name."""
+        names = [spec.type for spec in self.trackers]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise InputError(
+                f"config key logging.trackers: {', '.join(repeated)} is listed more than once; list each tracker once"
+            )
 
 
 # The first character may not be a dot: "." or ".." would make experiments/<name>/ a parent directory.
@@ -263,6 +295,8 @@ def _plural(hint: Any) -> str:
         return f"lists of {_plural(get_args(hint)[0])}"
     if hint is MetricSpec:
         return "metric names or {type, name} mappings"
+    if hint is TrackerSpec:
+        return "tracker names or {type: NAME, ...options} mappings"
     return _PLURALS.get(hint, "mappings")
 
 
@@ -310,6 +344,8 @@ def _convert(value: Any, hint: Any, path: str) -> Any:
         return _to_component(value, path)
     if hint is MetricSpec:
         return _to_metric(value, path)
+    if hint is TrackerSpec:
+        return _to_tracker(value, path)
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise _fail(path, value, f"a mapping of the {path} keys")
@@ -354,6 +390,16 @@ def _to_metric(value: Any, path: str) -> MetricSpec:
     if not isinstance(name, str) or not name:
         raise _fail(f"{path}.name", name, "a non-empty string")
     return MetricSpec(component.type, name, kwargs)
+
+
+def _to_tracker(value: Any, path: str) -> TrackerSpec:
+    """A tracker: a bare name, or `{type: NAME, **options}`."""
+    if isinstance(value, str) and value:
+        return TrackerSpec(value)
+    if not isinstance(value, dict):
+        raise _fail(path, value, "a tracker name (csv, mlflow, wandb) or a mapping {type: NAME, ...options}")
+    component = _to_component(value, path)
+    return TrackerSpec(component.type, component.kwargs)
 
 
 def _yaml_key(spec: dataclasses.Field) -> str:

@@ -1,4 +1,4 @@
-"""Logger: console + experiments/<name>/train.log + TensorBoard + tqdm; archives the best weights."""
+"""Logger: console + experiments/<name>/train.log + TensorBoard + tqdm + the experiment trackers; archives the best weights."""
 
 from __future__ import annotations
 
@@ -7,12 +7,16 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from trainer.config import LoggingConfig
 from trainer.errors import TrainingError
 from trainer.throughput import Throughput, mfu
 from utils import console
 from utils.io import atomic_copy, atomic_write_text, unused_path
+
+if TYPE_CHECKING:
+    from trainer.trackers import Trackers
 
 # TensorBoard's writer thread wakes and takes the GIL for every event it is handed, which on a
 # small model costs a few percent of the training steps (see docs/performance.md). Scalars are
@@ -46,6 +50,7 @@ class Logger:
         start_iteration: int,
         enabled: bool = True,
         throughput: Throughput | None = None,
+        trackers: Trackers | None = None,
     ) -> None:
         self.log_dir = log_dir
         self.enabled = enabled  # False on every torchrun rank but 0: nothing is printed or written
@@ -58,6 +63,10 @@ class Logger:
         self._last_iteration = start_iteration
         self._pending_scalars: list[tuple[str, float, int, float]] = []  # (tag, value, step, wall time)
         self._last_handoff = time.monotonic()
+        # The trackers (logging.trackers) get what TensorBoard gets; each runs on its own thread.
+        self._trackers = trackers if enabled and trackers else None
+        self._log_checkpoints = config.log_checkpoints
+        self._start_iteration = start_iteration
         if not enabled:
             return
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -92,7 +101,9 @@ class Logger:
             self._bar.refresh(nolock=True)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
-        """TensorBoard scalars {tag: value} at `step`, stamped now and handed over in batches."""
+        """TensorBoard scalars {tag: value} at `step`, stamped now and handed over in batches; the trackers get them too."""
+        if self._trackers is not None:
+            self._trackers.log_scalars(values, step)  # a put on each tracker's queue: it never waits
         if self._writer is None:
             return
         now = time.time()
@@ -112,6 +123,23 @@ class Logger:
         if self._writer is not None:
             self._hand_off_scalars()
             self._writer.flush()
+        if self._trackers is not None:
+            self._trackers.flush()
+            self._report_trackers()
+
+    def start_tracking(self, *, name: str, run_id: str | None, config: dict) -> None:
+        """Open the trackers' runs (a resume continues the checkpoint's) and record the resolved config as params."""
+        if self._trackers is None:
+            return
+        self._trackers.start(name=name, log_dir=self.log_dir, run_id=run_id, start_iteration=self._start_iteration)
+        self._trackers.log_params(config)
+        self._report_trackers()
+
+    def _report_trackers(self) -> None:
+        """Write the lines the trackers' threads queued (notes, their one warning) to train.log, from this thread."""
+        if self._trackers is not None:
+            for line in self._trackers.notes():
+                self.info(line)
 
     def log_training(self, *, iteration: int, epoch: int, loss: float, lr: float) -> None:
         """The periodic training line: iteration, epoch, loss, lr, it/s, samples/s (tokens/s, MFU) and ETA."""
@@ -132,6 +160,7 @@ class Logger:
             self._bar.update(iteration - self._last_iteration)
             self._bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
         self._last_time, self._last_iteration = now, iteration
+        self._report_trackers()
 
     def _rates(self, speed: float) -> dict[str, float]:
         """samples_per_sec, and tokens_per_sec and mfu (in percent) where the run has the counts, at `speed` it/s.
@@ -163,6 +192,9 @@ class Logger:
         best_text = f"best {metric} {best[metric]:.4f} @ iter {int(best['iteration'])}" if best else "no best yet"
         self.info(f"validation @ iter {iteration}: {shown} | {best_text}")
         self.scalars({f"val/{name}": value for name, value in {**results, **extras}.items()}, iteration)
+        if self._trackers is not None and best and int(best["iteration"]) == iteration:  # a new best
+            self._trackers.log_summary(best)
+        self._report_trackers()
 
     def images(self, images: dict, step: int) -> None:
         """TensorBoard image grids {tag: (N, C, H, W) tensor in [0, 1]} at `step`."""
@@ -178,8 +210,9 @@ class Logger:
         atomic_write_text(path, text)
         return path
 
-    def archive_best(self, weights_path: Path) -> Path:
-        """Keep a copy of the best weight-only file in the log directory; TrainingError if it cannot be written."""
+    def archive_best(self, weights_path: Path, iteration: int | None = None) -> Path:
+        """Keep a copy of the best weight-only file in the log directory, and hand it to the trackers with
+        log_checkpoints best or all; TrainingError if it cannot be written. May run on the checkpoint writer's thread."""
         target = self.log_dir / weights_path.name
         try:
             atomic_copy(weights_path, target)
@@ -188,10 +221,28 @@ class Logger:
                 f"could not archive the best weights to {target} ({error.strerror or error}); {weights_path} is "
                 "intact: free disk space or fix permissions in logging.dir, then resume with resume_path=auto"
             ) from error
+        if self._log_checkpoints != "none":
+            self._record_weights(target, "best", iteration)
         return target
 
+    def log_checkpoint(self, weights_path: Path, iteration: int | None = None) -> None:
+        """Hand an iteration's .pth to the trackers as the latest checkpoint (log_checkpoints: all).
+
+        `weights_path` need only be readable during the call: each tracker gets its own link or copy.
+        """
+        if self._log_checkpoints == "all":
+            self._record_weights(weights_path, "latest", iteration)
+
+    def _record_weights(self, path: Path, tag: Literal["best", "latest"], iteration: int | None) -> None:
+        """The trackers' share of a weight file, if there are trackers."""
+        if self._trackers is not None:
+            self._trackers.log_artifact(path, tag, iteration)
+
     def close(self) -> None:
-        """Flush and close the file, the TensorBoard writer and the bar."""
+        """Flush and close the trackers (waiting a bounded time), the file, the TensorBoard writer and the bar."""
+        if self._trackers is not None:
+            self._trackers.close(finished=self._last_iteration >= self._total)
+            self._report_trackers()  # before the file closes: a tracker's one warning may come at the end
         if self._bar is not None:
             self._bar.close()
         if self._writer is not None:

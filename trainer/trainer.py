@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from torch import nn
 
 from data.loader import dataset_of, describe_error
 from trainer import distributed, sharded
+from trainer.callbacks import Stop, ValidationCallback, from_environment
 from trainer.checkpoint import (
     KEY_BEST,
     KEY_EPOCH,
@@ -53,12 +55,13 @@ from trainer.runlock import RunLock
 from trainer.signals import StopSignals
 from trainer.step import OptimizerStep, build_ema
 from trainer.throughput import describe_throughput
+from trainer.trackers import Trackers, build_trackers
 from utils.seed import get_rng_state, seed_everything, set_rng_state
 
 
 def run(config: Config) -> int:
-    """Train the experiment `config` describes; return the exit code (0, or 128+signal)."""
-    trainer = Trainer(config)
+    """Train the experiment `config` describes; return the exit code (0, 128+signal, or a validation callback's)."""
+    trainer = Trainer(config, validation_callbacks=from_environment(config))  # a sweep trial's reporter, if any
     try:
         return trainer.fit()
     except TrainingError as error:
@@ -75,10 +78,13 @@ class Trainer:
     best metrics, RNG states) is in `state_dict()`, saved beside model, optimizer and scheduler.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, validation_callbacks: list[ValidationCallback] | None = None) -> None:
         self.config = config
+        self.validation_callbacks = list(validation_callbacks or [])  # trainer/callbacks.py
+        self.stop_request: Stop | None = None  # set by a validation callback: the loop ends at this iteration
         check_output_dirs(config)
         import_plugins(config.imports)
+        self.trackers = Trackers(build_trackers(config.logging.trackers))  # a missing package: exit 2 before anything runs
         self.dist = distributed.from_environment(use_cuda=wants_cuda(config.device))
         self.device = resolve_device(config.device, self.dist.local_rank)
         configure_backends(config.deterministic)
@@ -230,6 +236,7 @@ class Trainer:
             "scaler": self.step.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             KEY_RUN_ID: self.run_id,
+            "trackers": self.trackers.state(),  # {tracker: its run id ...}: a resume continues the same tracker runs
             # The steps since the last log line, so that a resumed run logs the same mean loss.
             "pending_losses": self.dist.gather_objects(self._recent_losses(float32=False).cpu()),
         }
@@ -246,6 +253,7 @@ class Trainer:
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
         self.run_id = state.get(KEY_RUN_ID)  # None: a checkpoint from before Kiln recorded it
+        self.trackers.restore(state.get("trackers") or {})
         pending = state.get("pending_losses") or []
         if self.dist.rank < len(pending):
             self._losses = list(pending[self.dist.rank].to(self.device).unbind())
@@ -345,6 +353,7 @@ class Trainer:
                 device=self.device,
                 world_size=self.dist.world_size,
             ),
+            trackers=self.trackers,  # rank 0 only: the Logger is disabled on the others
         )
         for note in notes:
             logger.info(note)
@@ -354,12 +363,14 @@ class Trainer:
             logger.save_text("config.yaml", dump_config(config))
         elif changes:
             logger.save_text(f"config_resumed_iter_{self.iteration}.yaml", dump_config(config))
+        logger.start_tracking(name=config.name, run_id=self.run_id, config=config.to_dict())
         return logger
 
     # -- the loop ---------------------------------------------------------------------------
 
     def fit(self) -> int:
-        """Train to train.total_iters; return 0, or 128+signal after SIGTERM/SIGINT/SIGHUP."""
+        """Train to train.total_iters; return 0, 128+signal after SIGTERM/SIGINT/SIGHUP, or the
+        exit code of a validation callback that ended the run (trainer/callbacks.py)."""
         total = self.config.train.total_iters
         self.logger.info(
             f"training {self.config.name} on {self.device}: iterations {self.iteration} -> {total}, "
@@ -371,6 +382,8 @@ class Trainer:
                 self._train_step()
                 self.iteration += 1
                 saved = self._after_step()
+                if self.stop_request is not None:
+                    return self._stop_early(saved)
                 if self._stop_requested(signals):
                     if not saved:
                         self._save_iteration()
@@ -496,10 +509,30 @@ class Trainer:
             self.scheduler.step(results[metric])
         if self._is_better(results[metric]):
             self.best_metrics = {**results, "iteration": self.iteration}
-            self._save("best", on_written=self.logger.archive_best)
+            self._save("best", on_written=partial(self.logger.archive_best, iteration=self.iteration))
         self.logger.log_validation(
             iteration=self.iteration, results=results, extras=extras, best=self.best_metrics, metric=metric
         )
+        self.stop_request = self._ask_callbacks(results)
+
+    def _ask_callbacks(self, results: dict[str, float]) -> Stop | None:
+        """Hand this validation to every validation callback; the first Stop any of them asks for.
+
+        Under torchrun rank 0's answer is every rank's (one small collective per validation,
+        only when there are callbacks), so that all of them stop at this same iteration.
+        """
+        if not self.validation_callbacks:
+            return None
+        requests = [callback(self.iteration, dict(results)) for callback in self.validation_callbacks]
+        stop = next((request for request in requests if request is not None), None)
+        return self.dist.gather_objects(stop)[0] if self.dist.enabled else stop
+
+    def _stop_early(self, saved: bool) -> int:
+        """End the run at this validation as a callback asked: save this iteration, log why, return its code."""
+        if not saved:
+            self._save_iteration()
+        self.logger.info(f"stopped at iteration {self.iteration}: {self.stop_request.reason}; checkpoint saved")
+        return self.stop_request.exit_code
 
     def _val_batches(self) -> Iterator[Any]:
         """The validation loader's batches; one that cannot be read stops the run with one line."""
@@ -544,7 +577,10 @@ class Trainer:
 
         The TensorBoard curves are flushed too, so a run killed later keeps them up to here.
         """
-        self._save(f"iter_{self.iteration}")
+        record = None  # with log_checkpoints: all the trackers record every .pth
+        if self.config.logging.log_checkpoints == "all":
+            record = partial(self.logger.log_checkpoint, iteration=self.iteration)
+        self._save(f"iter_{self.iteration}", on_written=record)
         self.logger.flush()
 
     def _save(self, tag: str, on_written: Callable[[Path], Any] | None = None) -> None:

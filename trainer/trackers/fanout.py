@@ -1,0 +1,276 @@
+"""The fan-out: the Logger's one handle on every tracker of a run.
+
+Each tracker gets its own daemon thread and queue, so training never waits on a network: the
+Logger's calls only put a few floats on the queues. The first error of a tracker (a server that
+stopped, a full disk) is one warning line in train.log and the end of that tracker; the run,
+its checkpoints and the other trackers go on. `close` waits at most CLOSE_TIMEOUT_SECONDS for
+the trackers to finish, then leaves behind whatever has not been sent (everything stays on
+disk: checkpoints, train.log, TensorBoard, metrics.csv).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from trainer.config import TrackerSpec
+from trainer.errors import InputError
+from trainer.registry import TRACKERS, build
+from trainer.trackers.base import (
+    Artifact,
+    MissingPackageError,
+    RunInfo,
+    ScalarRow,
+    Tracker,
+    first_line,
+    fit_limits,
+    flatten,
+    summary_of,
+)
+
+CLOSE_TIMEOUT_SECONDS = 10.0  # at the end of a run: enough for a healthy server, short when it is gone
+# Before the first iteration, the trackers get this long to open their runs, so that the first
+# checkpoint already holds their run ids (MLflow's id comes from the server). A server that does
+# not answer by then costs this much once; the tracker goes on trying in the background.
+START_TIMEOUT_SECONDS = 15.0
+STAGING_DIR = ".tracker_uploads"  # in the log directory: the trackers' private links to weight files
+_STOP = ("stop", (), None)
+THREAD_PREFIX = "kiln-tracker-"
+
+
+class _FromTrackerThreads(logging.Filter):
+    """Drops urllib3's "Retrying ..." lines from tracker threads: their failure is one warning in train.log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Whether `record` was logged by any other thread."""
+        return not (record.threadName or "").startswith(THREAD_PREFIX)
+
+
+_RETRY_FILTER = _FromTrackerThreads()
+
+
+def build_trackers(specs: list[TrackerSpec]) -> list[Tracker]:
+    """The trackers `logging.trackers` names, built and their options checked; nothing is opened yet.
+
+    InputError (exit 2) for an unknown name or option, and for a package that is not installed.
+    """
+    trackers = []
+    for index, spec in enumerate(specs):
+        key = f"logging.trackers[{index}]"
+        try:
+            trackers.append(build(TRACKERS, spec, key=key))
+        except MissingPackageError as error:
+            raise InputError(f"config key {key}: tracker {spec.type} {error}") from None
+    return trackers
+
+
+class _Worker:
+    """Runs one tracker's calls in order on a daemon thread; its first error stops it, with one warning."""
+
+    def __init__(self, tracker: Tracker, warn: Callable[[str], None]) -> None:
+        self.tracker = tracker
+        self.failed = False
+        self.opened = threading.Event()  # set once `start` has returned or raised
+        self._warn = warn
+        self._lock = threading.Lock()  # fail() is called from the worker and from the checkpoint writer
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=f"{THREAD_PREFIX}{tracker.name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, method: str, *args: Any, cleanup: Callable[[], None] | None = None) -> None:
+        """Queue `tracker.method(*args)`; `cleanup` runs after it, or at once if the tracker has stopped."""
+        if self.failed:
+            if cleanup is not None:
+                cleanup()
+            return
+        self._calls.put((method, args, cleanup))
+
+    def fail(self, reason: BaseException | str) -> None:
+        """Stop this tracker (once) and queue the one warning that says so."""
+        with self._lock:
+            if self.failed:
+                return
+            self.failed = True
+        self._warn(
+            f"warning: tracker {self.tracker.name} stopped ({first_line(reason)}); nothing more is sent to it, "
+            "and training, checkpoints, train.log and the other trackers go on unaffected"
+        )
+
+    def stop(self, deadline: float) -> bool:
+        """Let the thread finish what is queued, waiting until `deadline` (time.monotonic); whether it did."""
+        self._calls.put(_STOP)
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        """Take whatever has queued up, send consecutive scalars as one call (a slow server gets
+        bigger batches, not more requests), until the stop mark."""
+        while True:
+            calls = [self._calls.get()]
+            while True:
+                try:
+                    calls.append(self._calls.get_nowait())
+                except queue.Empty:
+                    break
+            for call in _coalesce(calls):
+                if call is _STOP:
+                    return
+                self._call(*call)
+
+    def _call(self, method: str, args: tuple, cleanup: Callable[[], None] | None) -> None:
+        """One tracker call; any exception stops the tracker, never the run."""
+        try:
+            if not self.failed:
+                getattr(self.tracker, method)(*args)
+        except Exception as error:  # noqa: BLE001 - a tracker may fail in any way (HTTP, disk, its own bugs)
+            self.fail(error)
+        finally:
+            if method == "start":
+                self.opened.set()
+            if cleanup is not None:
+                cleanup()
+
+
+def _coalesce(calls: list[tuple]) -> list[tuple]:
+    """Merge runs of consecutive log_scalars calls into one call with all their rows."""
+    merged: list[tuple] = []
+    for call in calls:
+        if merged and call[0] == merged[-1][0] == "log_scalars":
+            merged[-1] = ("log_scalars", (merged[-1][1][0] + call[1][0],), None)
+        else:
+            merged.append(call)
+    return merged
+
+
+class Trackers:
+    """Every tracker of the run behind one small API; each call returns at once (rank 0 only)."""
+
+    def __init__(self, trackers: list[Tracker]) -> None:
+        self._trackers = trackers
+        self._workers: list[_Worker] = []
+        self._saved: dict[str, dict] = {}  # from the checkpoint, per tracker name
+        self._notes: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._staging: Path | None = None
+        self._sequence = itertools.count()
+
+    def __bool__(self) -> bool:
+        return bool(self._trackers)
+
+    def restore(self, saved: dict[str, dict]) -> None:
+        """The trackers' states from the checkpoint being resumed (before `start`)."""
+        self._saved = {name: dict(state) for name, state in saved.items()}
+
+    def state(self) -> dict[str, dict]:
+        """{tracker name: what its resume needs} for the checkpoint; a tracker not in this run keeps its saved state."""
+        live = {worker.tracker.name: worker.tracker.state() for worker in self._workers}
+        return {**self._saved, **{name: state for name, state in live.items() if state}}
+
+    def start(
+        self, *, name: str, log_dir: Path, run_id: str | None, start_iteration: int, timeout: float | None = None
+    ) -> None:
+        """Start each tracker's thread and open its run there (a resume continues the saved one),
+        waiting at most `timeout` seconds in all (default START_TIMEOUT_SECONDS) for the runs to be open."""
+        timeout = START_TIMEOUT_SECONDS if timeout is None else timeout
+        self._staging = log_dir / STAGING_DIR
+        logging.getLogger("urllib3.connectionpool").addFilter(_RETRY_FILTER)  # once: a filter is added only once
+        for tracker in self._trackers:
+            worker = _Worker(tracker, self._notes.put)
+            saved = self._saved.get(tracker.name, {})
+            worker.submit("start", RunInfo(name, log_dir, run_id, start_iteration, saved, self._note_for(tracker.name)))
+            self._workers.append(worker)
+        deadline = time.monotonic() + timeout
+        for worker in self._workers:
+            if not worker.opened.wait(max(0.0, deadline - time.monotonic())):
+                self._notes.put(
+                    f"tracker {worker.tracker.name}: its run is not open after {timeout:g} s; training starts, "
+                    "and the tracker goes on trying in the background"
+                )
+
+    def _note_for(self, tracker: str) -> Callable[[str], None]:
+        """A tracker's way to queue a line for train.log, prefixed with its name."""
+        return lambda line: self._notes.put(f"tracker {tracker}: {line}")
+
+    def log_params(self, config: dict) -> None:
+        """The resolved config, flattened with dots, cut to each tracker's limits with a warning per cut."""
+        params = flatten(config)
+        for worker in self._workers:
+            fitted, warnings = fit_limits(params, worker.tracker)
+            for warning in warnings:
+                self._notes.put(f"warning: tracker {worker.tracker.name}: {warning}")
+            worker.submit("log_params", fitted)
+
+    def log_scalars(self, values: dict[str, float], step: int) -> None:
+        """Scalars {tag: value} at global iteration `step`, stamped now."""
+        row = ScalarRow(step, dict(values), time.time())
+        for worker in self._workers:
+            worker.submit("log_scalars", [row])
+
+    def log_summary(self, best: dict[str, float]) -> None:
+        """Kiln's best_metrics ({metric: value, "iteration": N}) at a new best."""
+        summary = summary_of(best)
+        for worker in self._workers:
+            worker.submit("log_summary", summary, int(best["iteration"]))
+
+    def log_artifact(self, path: Path, tag: Literal["best", "latest"], iteration: int | None) -> None:
+        """Hand the weight file `path` to every tracker; may run on the checkpoint writer's thread.
+
+        Each tracker gets its own hard link (or copy) in the log directory, made before this
+        returns: the original may be replaced (the best) or deleted (keep_last, a remote
+        checkpoint's local file) while the tracker still uploads it.
+        """
+        for worker in self._workers:
+            if worker.failed:
+                continue
+            try:
+                copy = self._stage(path, worker.tracker.name) if worker.tracker.wants_files else path
+            except OSError as error:
+                worker.fail(f"could not stage {path.name} for it: {error.strerror or error}")
+                continue
+            cleanup = (lambda staged=copy: shutil.rmtree(staged.parent, ignore_errors=True)) if copy != path else None
+            worker.submit("log_artifact", Artifact(copy, path, tag, iteration), cleanup=cleanup)
+
+    def _stage(self, path: Path, owner: str) -> Path:
+        """A private link to `path` (a copy across filesystems), in a folder of its own so it keeps its name."""
+        folder = self._staging / f"{owner}-{next(self._sequence)}"
+        folder.mkdir(parents=True)
+        target = folder / path.name
+        try:
+            os.link(path, target)  # instant, and a later os.replace of the original leaves this one intact
+        except OSError:
+            shutil.copyfile(path, target)
+        return target
+
+    def flush(self) -> None:
+        """Ask every tracker to make what it has durable (after each iteration checkpoint)."""
+        for worker in self._workers:
+            worker.submit("flush")
+
+    def notes(self) -> list[str]:
+        """The lines the trackers queued for train.log since the last call (warnings included)."""
+        lines = []
+        while True:
+            try:
+                lines.append(self._notes.get_nowait())
+            except queue.Empty:
+                return lines
+
+    def close(self, finished: bool, timeout: float | None = None) -> None:
+        """End every run and wait at most `timeout` seconds in all (default CLOSE_TIMEOUT_SECONDS); a tracker
+        still busy then is left behind, with a warning."""
+        timeout = CLOSE_TIMEOUT_SECONDS if timeout is None else timeout
+        for worker in self._workers:
+            worker.submit("close", finished)
+        deadline = time.monotonic() + timeout
+        for worker in self._workers:
+            if not worker.stop(deadline):
+                worker.fail(f"still busy {timeout:g} s after training ended; what it had not sent yet is left out")
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
