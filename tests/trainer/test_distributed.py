@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import signal
@@ -70,11 +71,13 @@ def test_two_processes_match_one_process_with_the_same_global_batch(workdir):
 
 def test_only_rank_zero_writes_logs_and_each_line_appears_once(workdir):
     config = write_config(workdir / "mlp.yaml", MLP_RUN)
-    result = torchrun(workdir, "-c", str(config), "train.total_iters=10")
+    result = torchrun(workdir, "-c", str(config), "train.total_iters=10", "logging.trackers=[csv]")
     assert result.returncode == 0, result.stderr[-3000:]
     log = (workdir / "experiments" / "mlp" / "train.log").read_text()
     assert log.count("iter 5/10 |") == 1 and log.count("validation @ iter 10") == 1
     assert len(list((workdir / "experiments" / "mlp").glob("events.out.tfevents.*"))) == 1
+    with open(workdir / "experiments" / "mlp" / "metrics.csv", newline="") as file:  # the trackers: rank 0 only
+        assert [row["iteration"] for row in csv.DictReader(file)] == ["5", "10"]
     checkpoint = torch.load(workdir / "weights" / "mlp_iter_10.pt", weights_only=True)
     assert len(checkpoint["rng"]) == 2  # every rank's RNG states
     assert not [k for k in checkpoint["model"] if k.startswith("module.")]
