@@ -27,18 +27,8 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     see it. On any error the temporary file is removed and the error propagates: an I/O error
     is never swallowed.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        write(file)
 
 
 @contextmanager
@@ -49,7 +39,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
-        with open(tmp, "rb+") as file:
+        with open(tmp, "rb+") as file:  # whoever wrote it has closed it: flushed, not yet on disk
             os.fsync(file.fileno())
         os.replace(tmp, path)
     except BaseException:

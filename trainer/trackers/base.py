@@ -36,6 +36,12 @@ def require(module: str, package: str | None = None) -> ModuleType:
         ) from None
 
 
+def check_text(key: str, value: Any) -> None:
+    """A tracker's text option: None or a non-empty string (TypeError otherwise, shown as the config error)."""
+    if value is not None and (not isinstance(value, str) or not value):
+        raise TypeError(f"{key} must be a non-empty string, got {value!r}")
+
+
 def _drop(line: str) -> None:
     """Discard a note (a RunInfo made outside a run, as in a test)."""
 

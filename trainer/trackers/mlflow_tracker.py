@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 from trainer.registry import TRACKERS
-from trainer.trackers.base import Artifact, RunInfo, ScalarRow, Tracker, as_text, require
+from trainer.trackers.base import Artifact, RunInfo, ScalarRow, Tracker, as_text, check_text, require
 
 KILN_RUN_TAG = "kiln.run_id"  # finds the run again when a checkpoint was saved before its id was known
 
@@ -33,12 +33,6 @@ KILN_RUN_TAG = "kiln.run_id"  # finds the run again when a checkpoint was saved 
 def _chunks(items: list, size: int) -> list[list]:
     """`items` in lists of at most `size` (MLflow's per-request limits)."""
     return [items[start : start + size] for start in range(0, len(items), size)]
-
-
-def _check_text(key: str, value: Any) -> None:
-    """A text option: None or a non-empty string."""
-    if value is not None and (not isinstance(value, str) or not value):
-        raise TypeError(f"{key} must be a non-empty string, got {value!r}")
 
 
 @TRACKERS.register(name="mlflow")
@@ -56,7 +50,7 @@ class MlflowTracker(Tracker):
         tags: dict | None = None,
     ) -> None:
         for key, value in (("tracking_uri", tracking_uri), ("experiment", experiment), ("run_name", run_name)):
-            _check_text(key, value)
+            check_text(key, value)
         if tags is not None and not isinstance(tags, dict):
             raise TypeError(f"tags must be a mapping of tag names to values, got {tags!r}")
         require("mlflow")

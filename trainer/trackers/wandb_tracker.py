@@ -26,17 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from trainer.registry import TRACKERS
-from trainer.trackers.base import Artifact, RunInfo, ScalarRow, Tracker, require
+from trainer.trackers.base import Artifact, RunInfo, ScalarRow, Tracker, check_text, require
 from utils.io import atomic_write_text
 
 STATE_FILE = "wandb_run.json"  # {"run_id": ..., "last_step": N}: what this run sent, for an offline resume
 MODES = ("online", "offline", "disabled")
-
-
-def _check_text(key: str, value: Any) -> None:
-    """A text option: None or a non-empty string."""
-    if value is not None and (not isinstance(value, str) or not value):
-        raise TypeError(f"{key} must be a non-empty string, got {value!r}")
 
 
 @TRACKERS.register(name="wandb")
@@ -57,7 +51,7 @@ class WandbTracker(Tracker):
         notes: str | None = None,
     ) -> None:
         for key, value in (("project", project), ("entity", entity), ("run_name", run_name), ("group", group), ("notes", notes)):
-            _check_text(key, value)
+            check_text(key, value)
         if mode is not None and mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if tags is not None and (not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags)):
