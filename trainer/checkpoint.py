@@ -91,7 +91,7 @@ def load_file(path: str | Path, what: str) -> Any:
     loader, trainer/weight_files.py); any failure is one InputError line naming the file. A URL
     (`s3://...`) is downloaded to a temporary file first; its errors name the URL."""
     if is_url(path):
-        with local_copy(str(path), what) as local:
+        with local_copy(str(path), what, companions=lambda copy: weight_files.shard_files(copy, what)) as local:
             return load_file(local, what)
     path = Path(path)
     if weight_files.is_safetensors(path):

@@ -22,7 +22,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,15 +143,20 @@ def _check_listing(fs: Any, path: str, protocol: str) -> None:
 
 
 @contextmanager
-def local_copy(url: str, what: str) -> Iterator[Path]:
+def local_copy(url: str, what: str, companions: Callable[[Path], list[str]] | None = None) -> Iterator[Path]:
     """A temporary local copy of the remote file `url` (same file name), removed afterwards.
 
-    An InputError raised inside names `url`, not the copy: the user knows the URL.
+    `companions(copy)` names files to fetch from beside `url` into the same folder (the shards
+    of a Hugging Face index). An InputError raised inside names `url`, not the copy: the user
+    knows the URL.
     """
     fs, path = open_fs(url, what)
     with tempfile.TemporaryDirectory(prefix="kiln-download-") as tmp:
         local = Path(tmp) / basename(url)
         _fetch(fs, path, url, local, what)
+        for name in companions(local) if companions else []:
+            sibling_url, sibling_path = f"{url.rsplit('/', 1)[0]}/{name}", f"{path.rsplit('/', 1)[0]}/{name}"
+            _fetch(fs, sibling_path, sibling_url, Path(tmp) / name, what)
         try:
             yield local
         except InputError as error:

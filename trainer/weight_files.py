@@ -86,6 +86,24 @@ def _weight_map(index: Path, what: str) -> dict[str, str]:
     return weight_map
 
 
+def shard_files(path: Path, what: str) -> list[str]:
+    """The shard file names a sharded index names (each once), for fetching them beside it; [] for any other file.
+
+    A name must be a plain file name: the shards lie beside their index, and an index from
+    elsewhere must not make a download write outside the folder it is given.
+    """
+    if not path.name.endswith(INDEX_SUFFIX):
+        return []
+    names = list(dict.fromkeys(_weight_map(path, what).values()))
+    for name in names:
+        if name != Path(name).name or name in ("", ".", ".."):
+            raise InputError(
+                f"{what} {path} names shard {name!r}, which is not a file name beside the index; "
+                "use the index save_pretrained wrote"
+            )
+    return names
+
+
 def _load_sharded(index: Path, what: str) -> dict[str, torch.Tensor]:
     """The tensors the index maps, each shard checked to exist first and then read once.
 

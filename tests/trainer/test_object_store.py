@@ -333,6 +333,23 @@ def test_pretrain_path_reads_an_s3_url(s3, s3_run, workdir):
     assert str(caught.value) == f"pretrain_path {missing} does not exist; check the path"
 
 
+def test_pretrain_path_reads_a_sharded_hf_index_from_s3_with_its_shards(s3, tmp_path):
+    from tests.trainer.test_weight_formats import loaded_through_pretrain, published_weights, save_sharded
+
+    index = save_sharded(published_weights(), tmp_path / "hf")
+    prefix = _prefix()
+    for path in index.parent.iterdir():
+        s3["client"].upload_file(str(path), BUCKET, f"{prefix}/hf/{path.name}")
+    url = f"s3://{BUCKET}/{prefix}/hf/{index.name}"
+    loaded = loaded_through_pretrain(url)
+    assert_bitwise_equal(loaded, published_weights())
+    s3["client"].delete_object(Bucket=BUCKET, Key=f"{prefix}/hf/model-00002-of-00003.safetensors")
+    with pytest.raises(InputError) as caught:
+        loaded_through_pretrain(url)
+    missing = f"s3://{BUCKET}/{prefix}/hf/model-00002-of-00003.safetensors"
+    assert str(caught.value) == f"pretrain_path {missing} does not exist; check the path"
+
+
 def test_export_evaluate_and_show_checkpoint_read_s3_urls(s3, s3_run, workdir):
     _, prefix = s3_run
     url = f"s3://{BUCKET}/{prefix}/tiny_iter_20.pt"

@@ -284,3 +284,17 @@ def test_evaluate_with_a_damaged_safetensors_is_exit_2_with_one_line(workdir: Pa
         "error: --weights w.safetensors is corrupt, truncated or not a safetensors file "
         "(Error while deserializing header: header too small); use another file\n"
     )
+
+
+def test_an_index_naming_a_shard_outside_its_folder_is_refused_before_any_download(tmp_path: Path):
+    from trainer.weight_files import shard_files
+
+    index = save_sharded(published_weights(), tmp_path / "hf")
+    assert sorted(shard_files(index, "pretrain_path")) == [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
+    document = json.loads(index.read_text())
+    document["weight_map"] = dict.fromkeys(document["weight_map"], "../../outside.safetensors")
+    index.write_text(json.dumps(document))
+    assert error_of(lambda: shard_files(index, "pretrain_path")) == (
+        f"pretrain_path {index} names shard '../../outside.safetensors', which is not a file name beside the index; "
+        "use the index save_pretrained wrote"
+    )
