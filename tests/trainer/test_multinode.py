@@ -11,7 +11,6 @@ import multiprocessing
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,16 +20,9 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 
-from tests.conftest import TRAIN_PY, assert_bitwise_equal, load_params, write_config
+from tests.conftest import TRAIN_PY, assert_bitwise_equal, free_port, load_params, write_config
 from tests.trainer.test_distributed import CNN_RUN, torchrun
 from trainer import distributed
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
 
 # -- the generation protocol, against a real TCPStore ------------------------------------------
 

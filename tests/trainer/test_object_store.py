@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, TRAIN_PY, assert_bitwise_equal, load_params, run_train, tiny_config, write_config
+from tests.conftest import REPO, TRAIN_PY, assert_bitwise_equal, free_port, load_params, run_train, tiny_config, write_config
 from tests.helpers import train_in_dir
 from tests.test_tools import call, load_tool
 from trainer.checkpoint import CheckpointManager
@@ -48,11 +48,6 @@ REGION = "us-east-1"
 RUN = tiny_config(logging={"interval": 5, "progress": False, "tensorboard": False})
 checkpoints_tool, export_tool = load_tool("checkpoints"), load_tool("export")
 
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
@@ -141,7 +136,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory):
     """moto's S3 server with authentication on, a bucket, and the AWS_* environment pointing at it."""
     import boto3
 
-    port = _free_port()
+    port = free_port()
     log = (tmp_path_factory.mktemp("moto") / "server.log").open("w")
     server = subprocess.Popen(
         [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
@@ -471,7 +466,7 @@ def test_a_missing_bucket_or_bad_credentials_is_one_line_exit_2_before_training(
 
 
 def test_an_unreachable_endpoint_is_one_line_before_training(s3, workdir, monkeypatch):
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")  # nothing listens there
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     with pytest.raises(InputError) as caught:
         Trainer(config_from_dict(tiny_config(checkpoint={"dir": f"s3://{BUCKET}/weights"})))
     message = str(caught.value)

@@ -25,7 +25,7 @@ import pytest
 import torch
 
 import train
-from tests.conftest import tiny_config, write_config
+from tests.conftest import free_port, tiny_config, write_config
 from tests.helpers import iterations_reading_the_device, train_in_process
 from trainer.config import config_from_dict
 from trainer.logger import Logger
@@ -374,12 +374,6 @@ def test_wandb_resume_continues_the_run_and_sends_no_step_twice(workdir, wandb_d
 
 # -- mlflow (a real server) ----------------------------------------------------------------------
 
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _mlflow_server_process(root: Path, port: int) -> subprocess.Popen:
