@@ -22,7 +22,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 
 from tests.conftest import REPO, TRAIN_PY, assert_bitwise_equal, free_port, load_params, run_train, tiny_config, write_config
 from tests.helpers import train_in_dir
+from tests.proxy import Proxy
 from tests.test_tools import call, load_tool
 from trainer.checkpoint import CheckpointManager
 from trainer.config import config_from_dict
@@ -62,73 +62,6 @@ def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60) ->
         except OSError:
             time.sleep(0.1)
     raise RuntimeError("moto_server did not start")
-
-
-class Proxy:
-    """A TCP proxy to the S3 server: records `METHOD /path` of every request, and holds the
-    request `hold` names (after forwarding half of the bytes it arrived with) until the end."""
-
-    REQUEST_LINE = re.compile(rb"(GET|PUT|POST|DELETE|HEAD) (/[^ ?]*)(\?\S*)? HTTP/1\.1\r\n")
-
-    def __init__(self, target: int) -> None:
-        self.target = target
-        self.requests: list[str] = []
-        self.hold: str | None = None
-        self.held = threading.Event()
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self.port = self._server.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target))
-            threading.Thread(target=self._requests, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(1 << 16):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for end in (source, sink):
-                end.close()
-
-    def _requests(self, client: socket.socket, upstream: socket.socket) -> None:
-        tail, holding = b"", False
-        try:
-            while data := client.recv(1 << 16):
-                if holding:
-                    continue  # the held request never reaches the server whole
-                seen = tail + data
-                for match in self.REQUEST_LINE.finditer(seen):
-                    if match.end() <= len(tail):
-                        continue  # recorded with the previous chunk
-                    request = f"{match.group(1).decode()} {match.group(2).decode()}"
-                    self.requests.append(request)
-                    holding = holding or request == self.hold
-                upstream.sendall(data[: len(data) // 2] if holding else data)
-                if holding:
-                    self.held.set()
-                tail = seen[-300:]
-        except OSError:
-            pass
-        finally:
-            client.close()
-            upstream.close()
-
-    def close(self) -> None:
-        self._server.close()
 
 
 @pytest.fixture(scope="module")

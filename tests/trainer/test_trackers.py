@@ -12,7 +12,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import torch
 import train
 from tests.conftest import free_port, tiny_config, write_config
 from tests.helpers import iterations_reading_the_device, train_in_process
+from tests.proxy import Proxy
 from trainer.config import config_from_dict
 from trainer.logger import Logger
 from trainer.trackers import Tracker, Trackers, fanout
@@ -494,44 +494,6 @@ def test_mlflow_resume_after_a_crash_past_the_checkpoint_continues_the_run_witho
     assert run.data.params["train.total_iters"] == "30"  # MLflow params cannot change: a note and a tag say so
     assert run.data.tags["kiln.config_changed_at_iter_20"] == "train.total_iters, resume_path"
     assert len(log_lines(workdir, "tracker mlflow: params keep the values the run started with")) == 1
-
-
-class Proxy:
-    """A TCP forwarder to the server that can be switched off: a tracking server that stops mid-run."""
-
-    def __init__(self, target: int) -> None:
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._target, self._sockets = target, []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self._target))
-            self._sockets += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-
-    def stop(self) -> None:
-        """Refuse new connections and cut the open ones."""
-        for connection in [self._listener, *self._sockets]:  # shutdown first: close alone leaves accept() listening
-            try:
-                connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            connection.close()
 
 
 def test_mlflow_server_that_stops_mid_run_costs_one_warning_and_nothing_else(workdir, mlflow_server, monkeypatch, caplog):
