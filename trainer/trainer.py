@@ -577,10 +577,8 @@ class Trainer:
 
         The TensorBoard curves are flushed too, so a run killed later keeps them up to here.
         """
-        record = None  # with log_checkpoints: all the trackers record every .pth
-        if self.config.logging.log_checkpoints == "all":
-            record = partial(self.logger.log_checkpoint, iteration=self.iteration)
-        self._save(f"iter_{self.iteration}", on_written=record)
+        # the Logger hands the .pth to the trackers when logging.log_checkpoints is all
+        self._save(f"iter_{self.iteration}", on_written=partial(self.logger.log_checkpoint, iteration=self.iteration))
         self.logger.flush()
 
     def _save(self, tag: str, on_written: Callable[[Path], Any] | None = None) -> None:
