@@ -32,7 +32,7 @@ the whole process, as in overhead.py.
 With CUDA available it then runs the GPU variant too: configs/lm_gpt_gpu.yaml (6x6x384,
 context 256, batch 64, bf16 autocast, torch.compile; Kiln with that config's DataLoader
 workers) on both sides, each side starting from a fresh compile (torch._dynamo.reset), with MFU
-from the model's flops_per_token and trainer/throughput.py's peak table, and a sync check: one
+from the model's flops_per_token and trainer/tracking/throughput.py's peak table, and a sync check: one
 short Kiln run under torch.cuda.set_sync_debug_mode("warn"), counting the synchronising calls
 that come on iterations after the warm-up other than the last (the logging one); target none.
 That path has not been run: no GPU was lent to the session that wrote it, so it is kept
@@ -72,9 +72,9 @@ from _common import (
 from data.text import TextTokens
 from models.gpt import GPT
 from trainer.config import Config, config_from_dict
-from trainer.config_files import load_document
+from trainer.config.files import load_document
 from trainer.optim import build_optimizer
-from trainer.throughput import mfu, peak_flops
+from trainer.tracking.throughput import mfu, peak_flops
 from trainer.trainer import Trainer
 
 

@@ -64,8 +64,8 @@ import torch.nn.functional as F
 from _common import REPO, machine
 
 from models.gpt import GPT
-from trainer import distributed, sharded
-from trainer.checkpoint import CheckpointManager, clean_state_dict, load_model_state, make_checkpoint
+from trainer.checkpoint import CheckpointManager, clean_state_dict, load_model_state, make_checkpoint, sharded
+from trainer.distributed import process as distributed
 from utils.seed import get_rng_state
 
 NAME = "bench"

@@ -1,7 +1,13 @@
-"""Reference networks. Importing this package registers every model in trainer.registry.MODELS."""
+"""Reference networks. Importing this package registers every model in trainer.registry.MODELS,
+and the `timm/<name>` namespace (models/timm_models.py, which imports timm only when a config
+names such a model)."""
 
 from models import (
     gpt,  # noqa: F401  (registers GPT)
     simple_cnn,  # noqa: F401  (registers SimpleCNN, MLP)
     sr,  # noqa: F401  (registers SRCNN, EDSR)
+    timm_models,
 )
+from trainer.registry import MODELS
+
+MODELS.register_namespace(timm_models.PREFIX, timm_models.builder)

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from tests.conftest import write_config
+from trainer import run
 from trainer.config import load_config
-from trainer.trainer import run
 
 
 def train_in_process(workdir: Path, document: dict, *overrides: str) -> int:

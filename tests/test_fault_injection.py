@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-import trainer.checkpoint
+import trainer.checkpoint.manager
 import trainer.trainer
 import utils.io
 
@@ -75,7 +75,7 @@ if PHASE and not MARKER.exists():
 
         trainer.trainer.evaluate = evaluate
     elif PHASE in ("save", "disk_full"):
-        real_save = trainer.checkpoint.atomic_torch_save
+        real_save = trainer.checkpoint.manager.atomic_torch_save
 
         def atomic_torch_save(obj, path):
             if not nth_call():
@@ -94,7 +94,7 @@ if PHASE and not MARKER.exists():
 
             utils.io.atomic_write(path, write_half_then_die)
 
-        trainer.checkpoint.atomic_torch_save = atomic_torch_save
+        trainer.checkpoint.manager.atomic_torch_save = atomic_torch_save
 '''
 
 # 60 iterations: saves every 10 (two files each, plus best files), validation every 20.

@@ -26,8 +26,8 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, assert_bitwise_equal, load_params, tiny_config, write_config
+from trainer import run
 from trainer.config import load_config
-from trainer.trainer import run
 
 pytestmark = pytest.mark.slow
 

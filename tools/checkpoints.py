@@ -39,7 +39,7 @@ from fsspec.callbacks import Callback  # noqa: E402
 from utils.cli import OneLineErrorParser, run_tool  # noqa: E402  (needs the repo root on sys.path)
 
 CHECKPOINT = re.compile(r"^(?P<name>.+)_(?P<tag>iter_(?P<iteration>\d+)|best)(?P<suffix>\.[A-Za-z0-9]+)$")
-# As trainer/sharded.py names them (not imported: that would import torch for two strings).
+# As trainer/checkpoint/sharded.py names them (not imported: that would import torch for two strings).
 METADATA_FILE = ".metadata"
 STATE_FILE = "kiln_state.pt"
 DCP = ".dcp"
@@ -155,8 +155,8 @@ def plan(src: Any, dst: Any, name: str | None) -> tuple[list[tuple[str, int, str
 
 def open_side(location: str, what: str, *, local: bool, write: bool) -> Any:
     """The storage of SRC or DST; a URL is checked at once (bucket, credentials, endpoint)."""
+    from trainer.checkpoint.storage import check_store, is_url, open_storage
     from trainer.errors import InputError
-    from trainer.storage import check_store, is_url, open_storage
 
     if is_url(location):
         if local:

@@ -44,10 +44,11 @@ def evaluate_weights(config_path: str, weights: str, overrides: list[str]) -> tu
     import torch
 
     from data.loader import build_loader
+    from trainer.build import import_plugins
     from trainer.config import Component, load_config
-    from trainer.environment import import_plugins, resolve_device
+    from trainer.distributed.device import resolve_device
     from trainer.errors import InputError
-    from trainer.evaluation import bind_metrics, evaluate
+    from trainer.evaluation.evaluator import bind_metrics, evaluate
     from trainer.registry import DATASETS, METRICS, MODELS, REPORTERS, build
 
     config = load_config(config_path, overrides)

@@ -11,7 +11,7 @@
 From a full `.pt` it takes the weights the trainer's `.pth` of that iteration holds: the EMA
 weights when the run used `train.ema`, else the model's. A `.pth` or another tool's state dict
 (found as `pretrain_key: auto` finds it) works too, as do a `.safetensors` file and a Hugging
-Face model folder or sharded index (read as pretrain_path reads them: trainer/weight_files.py).
+Face model folder or sharded index (read as pretrain_path reads them: trainer/checkpoint/weight_files.py).
 An existing file is never overwritten unless --force is given; every write is atomic (temporary file, fsync, rename).
 """
 
@@ -106,10 +106,9 @@ def write_safetensors(weights: dict, target: Path, source: Path) -> None:
 
 def export(checkpoint: str, output: str | None, fmt: str, force: bool) -> tuple[Path, str, int]:
     """Write the weights of `checkpoint`; return (written path, what they were, tensor count)."""
-    from trainer import sharded
-    from trainer.checkpoint import load_file
+    from trainer.checkpoint import load_file, sharded
+    from trainer.checkpoint.storage import basename, is_url, local_copy
     from trainer.errors import InputError
-    from trainer.storage import basename, is_url, local_copy
 
     if is_url(output):
         raise InputError(f"-o {output} is a URL; write a local file, then upload it with tools/checkpoints.py push")

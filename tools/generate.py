@@ -64,9 +64,10 @@ def _positive(text: str) -> int:
 
 def load_model_and_tokenizer(config_path: str, weights: str, overrides: list[str]) -> tuple[Any, Any, Any]:
     """(model in eval mode on its device, the run's tokenizer, device) for `weights` and the config."""
+    from trainer.build import import_plugins
     from trainer.checkpoint import CheckpointManager, load_model_state
     from trainer.config import load_config
-    from trainer.environment import import_plugins, resolve_device
+    from trainer.distributed.device import resolve_device
     from trainer.errors import InputError
     from trainer.registry import DATASETS, MODELS, build
 

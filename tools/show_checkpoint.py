@@ -37,8 +37,17 @@ def describe(path: Path) -> tuple[list[tuple[str, str]], dict | None]:
     """([(label, text), ...], the saved config or None) for the file at `path`."""
     import torch
 
-    from trainer import sharded
-    from trainer.checkpoint import KEY_BEST, KEY_CONFIG, KEY_EPOCH, KEY_FORMAT, KEY_ITERATION, KEY_MODEL, KEY_WEIGHTS, load_file
+    from trainer.checkpoint import (
+        KEY_BEST,
+        KEY_CONFIG,
+        KEY_EPOCH,
+        KEY_FORMAT,
+        KEY_ITERATION,
+        KEY_MODEL,
+        KEY_WEIGHTS,
+        load_file,
+        sharded,
+    )
     from trainer.errors import InputError
 
     if sharded.is_sharded_checkpoint(path):
@@ -77,7 +86,7 @@ def describe(path: Path) -> tuple[list[tuple[str, str]], dict | None]:
 
 def describe_location(location: str) -> tuple[list[tuple[str, str]], dict | None]:
     """`describe` for a local path or a URL (`s3://...`: read from a temporary download, shown by its URL)."""
-    from trainer.storage import is_url, local_copy
+    from trainer.checkpoint.storage import is_url, local_copy
 
     if not is_url(location):
         return describe(Path(location))
@@ -88,8 +97,7 @@ def describe_location(location: str) -> tuple[list[tuple[str, str]], dict | None
 
 def _describe_sharded(path: Path) -> tuple[list[tuple[str, str]], dict | None]:
     """Rows for a sharded checkpoint directory: complete or not, who saved it, what it holds."""
-    from trainer import sharded
-    from trainer.checkpoint import KEY_BEST, KEY_CONFIG, KEY_EPOCH, KEY_ITERATION, load_file
+    from trainer.checkpoint import KEY_BEST, KEY_CONFIG, KEY_EPOCH, KEY_ITERATION, load_file, sharded
 
     size = f"{path} ({sharded.describe_size(path) / 1e6:.2f} MB in {sum(1 for _ in path.iterdir())} files)"
     if sharded.is_complete(path):

@@ -52,12 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.errors import InputError
     from trainer.sweep.runner import report_sweep, run_sweep
     from trainer.sweep.spec import load_sweep
-    from trainer.sweep.study import import_optuna
+    from trainer.sweep.study import check_options, import_optuna
     from utils import console
 
     try:
         import_optuna()  # first: without it nothing else can be checked usefully
         spec = load_sweep(args.config, args.overrides)
+        check_options(spec)  # options Optuna refuses: before anything is written
         return report_sweep(spec) if args.report else run_sweep(spec, args.jobs)
     except InputError as error:
         console.write(sys.stderr, f"error: {error}\n")

@@ -38,10 +38,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_model(config_path: str, weights_path: str) -> tuple[nn.Module, torch.device]:
     """The config's model with the weights loaded strictly, in eval mode on the config's device."""
+    from trainer.build import import_plugins
     from trainer.checkpoint import CheckpointManager, load_model_state
     from trainer.config import load_config
+    from trainer.distributed.device import resolve_device
     from trainer.registry import MODELS, build
-    from trainer.trainer import import_plugins, resolve_device
 
     config = load_config(config_path)
     import_plugins(config.imports)  # registers Kiln's models and the config's own plugins
@@ -129,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     """Load the model and image, upscale, write the PNG; exit 2 with one line on a bad input."""
     args = parse_args(argv)
     from data.sr import load_rgb
+    from trainer.checkpoint.storage import is_url
     from trainer.errors import InputError
-    from trainer.storage import is_url
 
     try:
         if not Path(args.image).is_file():

@@ -1,13 +1,41 @@
-"""Kiln's trainer package: config, registry, Trainer, checkpoints, logging."""
+"""Kiln's trainer package: the config door, the registry, the Trainer and the rooms around it.
 
-from trainer.errors import InputError
+Layout (each package's docstring says what lives there and what it may import):
 
-__all__ = ["InputError", "run"]
+- `config/`      YAML in, a validated Config out (no torch)
+- `registry.py`  name or dotted path -> class; a leaf that models/, data/ and the rest register into
+- `build.py`     a run's components from its config (model, data, loss, metrics, optimizer, ...)
+- `trainer.py`   the Trainer: the loop (step, log, validate, save)
+- `step.py`, `optim.py`, `numerics.py`, `losses.py`, `callbacks.py`: what the loop calls
+- `checkpoint/`  the CheckpointManager, the formats, readers, storage, resume and pretrain
+- `distributed/` processes, the parallel strategy objects, the device
+- `tracking/`    the Logger, throughput and the experiment trackers
+- `guards/`      output directories and archiving, the run lock, preflight, signals
+- `evaluation/`  validation, metrics and reporters
+- `sweep/`       Optuna sweeps (tools/sweep.py)
+"""
+
+from trainer.errors import InputError, TrainingError
+
+__all__ = ["InputError", "TrainingError", "run"]
 
 
 def run(config) -> int:
-    """Train the experiment `config` describes; return the process exit code."""
-    # Imported here so that `import trainer` (and train.py --help) stays light.
-    from trainer.trainer import run as _run
+    """Train the experiment `config` describes; return the process exit code (0, 128+signal, or
+    the code of a validation callback that ended the run).
 
-    return _run(config)
+    The callbacks are composed here, outside the Trainer: today a sweep trial's reporter when the
+    environment tools/sweep.py gives its trials asks for one (trainer/sweep/trial_hook.py).
+    """
+    # Imported here so that `import trainer` (and train.py --help) stays light.
+    from trainer.sweep.trial_hook import from_environment
+    from trainer.trainer import Trainer
+
+    trainer = Trainer(config, validation_callbacks=from_environment(config))
+    try:
+        return trainer.fit()
+    except TrainingError as error:
+        trainer.logger.info(f"error: {error}")  # train.log keeps why the run stopped
+        raise
+    finally:
+        trainer.close()

@@ -6,19 +6,19 @@ saves a checkpoint of the iteration (the run stays resumable and inspectable), l
 and exits with the Stop's code. Under torchrun every rank calls its callbacks and rank 0's answer
 is taken by all, so the ranks stop at the same iteration.
 
-The only callback today is a sweep's trial reporter (trainer/sweep/trial_hook.py), switched on
-by the environment tools/sweep.py gives a trial's process; a plain `python train.py` has none.
+This module knows no caller: `trainer.run` composes the callbacks (today a sweep trial's
+reporter, which trainer/sweep/trial_hook.py builds from the environment tools/sweep.py gives a
+trial's process); a plain `python train.py` has none.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from trainer.config import Config
+    pass
 
 
 @dataclass(frozen=True)
@@ -30,15 +30,3 @@ class Stop:
 
 
 ValidationCallback = Callable[[int, dict[str, float]], "Stop | None"]
-
-# Set by tools/sweep.py for each trial's process: the Optuna storage URL its study lives in.
-SWEEP_STORAGE_ENV = "KILN_SWEEP_STORAGE"
-
-
-def from_environment(config: Config) -> list[ValidationCallback]:
-    """The callbacks this process's environment asks for: a sweep trial's reporter, or none."""
-    if not os.environ.get(SWEEP_STORAGE_ENV):
-        return []
-    from trainer.sweep.trial_hook import reporter_from_environment  # optuna: imported only for trials
-
-    return [reporter_from_environment(config)]

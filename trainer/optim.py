@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainer.config import Component, Config
+from trainer.config.schema import Component, Config
 from trainer.errors import InputError
 from trainer.registry import OPTIMIZERS, SCHEDULERS, build
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from trainer.config import Component
+from trainer.config.schema import Component
 from trainer.errors import InputError
 
 
@@ -31,7 +31,6 @@ class Registry:
         kind: str,
         fallback: Callable[[], ModuleType] | None = None,
         builders: Callable[[], dict[str, Callable]] | None = None,
-        namespaces: dict[str, Callable[[str], Callable]] | None = None,
     ) -> None:
         self.kind = kind
         self._entries: dict[str, Callable] = {}
@@ -39,9 +38,10 @@ class Registry:
         # name -> factory, asked only for a name found nowhere else: it may import a heavy
         # package (torchvision takes seconds), which a registered name must never pay for
         self._builders = builders
-        # prefix -> resolver of `prefix/<name>` types (models: timm/<name>), which imports its
-        # package only when a config names it; checked first, as its names may contain dots
-        self._namespaces = namespaces or {}
+        # prefix -> resolver of `prefix/<name>` types (models: timm/<name>, registered by
+        # models/), which imports its package only when a config names it; checked first, as
+        # its names may contain dots
+        self._namespaces: dict[str, Callable[[str], Callable]] = {}
 
     def register(self, obj: Callable | None = None, *, name: str | None = None) -> Callable:
         """Register `obj` under `name` (default: its __name__); usable as a decorator."""
@@ -54,6 +54,12 @@ class Registry:
             return target
 
         return add(obj) if obj is not None else add
+
+    def register_namespace(self, prefix: str, resolver: Callable[[str], Callable]) -> None:
+        """Resolve every `prefix/<name>` type through `resolver(name)` (e.g. models/ registers `timm`)."""
+        if prefix in self._namespaces and self._namespaces[prefix] is not resolver:
+            raise ValueError(f"{self.kind} namespace {prefix!r} is registered twice")
+        self._namespaces[prefix] = resolver
 
     def names(self) -> list[str]:
         """Every name this registry resolves without a dotted path, except the lazy builders'."""
@@ -173,14 +179,7 @@ def _torchvision_classifiers() -> dict[str, Callable]:
     return {name: torchvision.models.get_model_builder(name) for name in names}
 
 
-def _timm_model(name: str) -> Callable:
-    """The factory of timm model `name` (`type: timm/<name>`); imports timm (models/timm_models.py)."""
-    from models import timm_models
-
-    return timm_models.builder(name)
-
-
-MODELS = Registry("model", builders=_torchvision_classifiers, namespaces={"timm": _timm_model})
+MODELS = Registry("model", builders=_torchvision_classifiers)  # models/ registers the timm/ namespace
 DATASETS = Registry("dataset")
 LOSSES = Registry("loss", _torch_module("torch.nn"))
 METRICS = Registry("metric")

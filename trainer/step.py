@@ -25,8 +25,8 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from trainer.config import TrainConfig
-from trainer.distributed import Distributed
+from trainer.config.schema import TrainConfig
+from trainer.distributed.process import Distributed
 from trainer.numerics import NonFiniteGuard, check_skip_support, step_unless
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from data.loader import dataset_of, describe_error
-from trainer import distributed, sharded
-from trainer.callbacks import Stop, ValidationCallback, from_environment
-from trainer.checkpoint import (
+from trainer.build import import_plugins
+from trainer.callbacks import Stop, ValidationCallback
+from trainer.checkpoint import sharded
+from trainer.checkpoint.manager import (
     KEY_BEST,
     KEY_EPOCH,
     KEY_ITERATION,
@@ -25,50 +26,37 @@ from trainer.checkpoint import (
     clean_state_dict,
     make_checkpoint,
 )
-from trainer.config import Component, Config, dump_config
-from trainer.environment import (
-    check_output_dirs,
-    check_shared_checkpoint_dir,
-    configure_backends,
-    import_plugins,
-    resolve_device,
-    wants_cuda,
-)
-from trainer.errors import InputError, TrainingError
-from trainer.evaluation import bind_metrics, evaluate
-from trainer.logger import Logger
-from trainer.numerics import FIXES, NonFiniteGuard, weights_are_finite
-from trainer.optim import build_optimizer, build_scheduler, steps_on_metric
-from trainer.preflight import preflight
-from trainer.registry import DATASETS, LOSSES, METRICS, MODELS, REPORTERS, build
-from trainer.restore import (
-    RUN_ID_FILE,
-    archive_other_runs,
-    archive_previous_run,
+from trainer.checkpoint.restore import (
     changes_since,
     find_checkpoint,
     load_pretrained,
     restore_components,
     resume_notes,
 )
-from trainer.runlock import RunLock
-from trainer.signals import StopSignals
+from trainer.config.schema import Component, Config, dump_config
+from trainer.distributed import process as distributed
+from trainer.distributed.device import configure_backends, resolve_device, wants_cuda
+from trainer.errors import InputError, TrainingError
+from trainer.evaluation.evaluator import bind_metrics, evaluate
+from trainer.guards.outputs import (
+    RUN_ID_FILE,
+    archive_other_runs,
+    archive_previous_run,
+    check_output_dirs,
+    check_shared_checkpoint_dir,
+    run_log_dir,
+)
+from trainer.guards.preflight import preflight
+from trainer.guards.runlock import RunLock
+from trainer.guards.signals import StopSignals
+from trainer.numerics import FIXES, NonFiniteGuard, weights_are_finite
+from trainer.optim import build_optimizer, build_scheduler, steps_on_metric
+from trainer.registry import DATASETS, LOSSES, METRICS, MODELS, REPORTERS, build
 from trainer.step import OptimizerStep, build_ema
-from trainer.throughput import describe_throughput
-from trainer.trackers import Trackers, build_trackers
+from trainer.tracking.logger import Logger
+from trainer.tracking.throughput import describe_throughput
+from trainer.tracking.trackers import Trackers, build_trackers
 from utils.seed import get_rng_state, seed_everything, set_rng_state
-
-
-def run(config: Config) -> int:
-    """Train the experiment `config` describes; return the exit code (0, 128+signal, or a validation callback's)."""
-    trainer = Trainer(config, validation_callbacks=from_environment(config))  # a sweep trial's reporter, if any
-    try:
-        return trainer.fit()
-    except TrainingError as error:
-        trainer.logger.info(f"error: {error}")  # train.log keeps why the run stopped
-        raise
-    finally:
-        trainer.close()
 
 
 class Trainer:
@@ -178,7 +166,7 @@ class Trainer:
 
     def _preflight(self) -> None:
         """One batch of each split through model, loss, metrics and reporters, leaving no trace
-        (trainer/preflight.py); InputError naming the stage that fails."""
+        (trainer/guards/preflight.py); InputError naming the stage that fails."""
         preflight(
             self.config,
             step=self.step,
@@ -341,7 +329,7 @@ class Trainer:
             else:
                 notes = archive_previous_run(config, self.checkpoints) + notes
         logger = Logger(
-            Path(config.logging.dir) / config.name,
+            run_log_dir(config),
             config.logging,
             total_iters=config.train.total_iters,
             start_iteration=self.iteration,

@@ -50,7 +50,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 def atomic_torch_save(obj: object, path: str | Path) -> None:
     """torch.save `obj` to `path` atomically (temporary file, fsync, rename, fsync directory)."""
-    import torch  # here, so that the config door (trainer.storage.is_url) stays free of torch
+    import torch  # here, so that the config door (trainer.checkpoint.storage.is_url) stays free of torch
 
     atomic_write(path, lambda file: torch.save(obj, file))
 

@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import tiny_config, write_config
-from trainer.callbacks import SWEEP_STORAGE_ENV, Stop, from_environment
+from trainer import run
+from trainer.callbacks import Stop
 from trainer.config import load_config
-from trainer.trainer import Trainer, run
+from trainer.sweep.trial_hook import SWEEP_STORAGE_ENV, from_environment
+from trainer.trainer import Trainer
 
 
 def config_in(workdir: Path, *overrides: str):

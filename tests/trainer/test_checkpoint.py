@@ -144,7 +144,7 @@ def test_full_disk_stops_with_a_clear_error_and_keeps_earlier_checkpoints(tmp_pa
     manager.save("iter_1", {"iteration": 1}, {"w": torch.ones(1)})
     manager.wait()
     before = (tmp_path / "x_iter_1.pt").read_bytes()
-    monkeypatch.setattr("trainer.checkpoint.atomic_torch_save", _disk_full)
+    monkeypatch.setattr("trainer.checkpoint.manager.atomic_torch_save", _disk_full)
     with pytest.raises(TrainingError, match=r"could not write checkpoint .*x_iter_2\.pt \(No space left on device\); earlier"):
         manager.save("iter_2", {"iteration": 2}, {"w": torch.ones(1)})
         manager.wait()  # a background write reports its failure here

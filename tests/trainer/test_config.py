@@ -29,7 +29,7 @@ from trainer.config import (
     dump_config,
     load_config,
 )
-from trainer.config_files import apply_override, merge, parse_yaml
+from trainer.config.files import apply_override, merge, parse_yaml
 from trainer.errors import InputError
 from utils.seed import seed_everything
 

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import tiny_config, write_config
 from trainer.config import Component, Config, MetricSpec, config_from_dict, dump_config, load_config
-from trainer.config_files import parse_yaml
+from trainer.config.files import parse_yaml
 from trainer.errors import InputError
 
 PROPERTY_SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

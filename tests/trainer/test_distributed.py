@@ -307,7 +307,7 @@ def test_a_preflight_failure_on_one_rank_is_exit_2_on_every_rank_before_any_file
 
 def test_under_torchrun_a_held_run_lock_stops_every_rank_with_exit_2(workdir):
     """Rank 0 takes the lock; when another process holds it, every rank exits 2 and nothing is written."""
-    from trainer.runlock import RunLock
+    from trainer.guards.runlock import RunLock
 
     config = write_config(workdir / "mlp.yaml", MLP_RUN)
     holder = RunLock("mlp", [workdir / "experiments"])

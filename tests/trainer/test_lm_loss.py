@@ -26,9 +26,9 @@ from tests.trainer.lm_accumulation_ddp import (
 )
 from trainer.config import Component, config_from_dict
 from trainer.errors import InputError
-from trainer.evaluation import bind_metrics, evaluate
+from trainer.evaluation.evaluator import bind_metrics, evaluate
+from trainer.evaluation.metrics import BitsPerByte, Perplexity, TokenNLL
 from trainer.losses import TokenCrossEntropy
-from trainer.metrics import BitsPerByte, Perplexity, TokenNLL
 from trainer.registry import LOSSES, METRICS, build
 from trainer.step import sums_over_elements
 

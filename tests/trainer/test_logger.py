@@ -8,13 +8,13 @@ import torch
 import torch.utils.tensorboard
 from torch.utils.data import Dataset
 
-import trainer.logger
+import trainer.tracking.logger
 from models.simple_cnn import MLP
 from tests.conftest import tiny_config
 from tests.helpers import train_in_process
 from trainer.config import LoggingConfig
-from trainer.logger import SCALAR_HANDOFF_SECONDS, Logger
-from trainer.throughput import Throughput, peak_flops_of
+from trainer.tracking.logger import SCALAR_HANDOFF_SECONDS, Logger
+from trainer.tracking.throughput import Throughput, peak_flops_of
 
 
 class RecordingWriter:
@@ -52,7 +52,7 @@ class FakeClock:
 @pytest.fixture
 def logger_and_writer(tmp_path, monkeypatch) -> tuple[Logger, RecordingWriter, FakeClock]:
     clock = FakeClock()
-    monkeypatch.setattr(trainer.logger, "time", clock)
+    monkeypatch.setattr(trainer.tracking.logger, "time", clock)
     logger = Logger(tmp_path, LoggingConfig(tensorboard=True, progress=False), total_iters=100, start_iteration=0)
     logger._writer.close()
     logger._writer = writer = RecordingWriter()
@@ -129,7 +129,7 @@ class RecordingSummaryWriter(RecordingWriter):
 
 
 def test_the_training_line_and_scalars_show_samples_and_tokens_per_second(workdir, monkeypatch):
-    monkeypatch.setattr(trainer.logger, "time", TickingClock())
+    monkeypatch.setattr(trainer.tracking.logger, "time", TickingClock())
     monkeypatch.setattr(torch.utils.tensorboard, "SummaryWriter", RecordingSummaryWriter)
     document = tiny_config(
         model={"type": "MLP", "in_features": 8, "hidden": 8, "num_classes": 4},
@@ -149,7 +149,7 @@ def test_the_training_line_and_scalars_show_samples_and_tokens_per_second(workdi
 
 def test_mfu_joins_the_line_and_scalars_when_the_logger_has_flops_and_a_peak(tmp_path, monkeypatch):
     clock = FakeClock()
-    monkeypatch.setattr(trainer.logger, "time", clock)
+    monkeypatch.setattr(trainer.tracking.logger, "time", clock)
     counts = Throughput(samples_per_step=4, tokens_per_sample=8, flops_per_token=1e6, peak_flops=1e9)  # a fake peak
     logger = Logger(
         tmp_path, LoggingConfig(tensorboard=True, progress=False), total_iters=100, start_iteration=0, throughput=counts

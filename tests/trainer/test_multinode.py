@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from tests.conftest import TRAIN_PY, assert_bitwise_equal, free_port, load_params, write_config
 from tests.trainer.test_distributed import CNN_RUN, torchrun
-from trainer import distributed
+from trainer.distributed import process as distributed
 
 # -- the generation protocol, against a real TCPStore ------------------------------------------
 

@@ -34,9 +34,9 @@ from tests.helpers import train_in_dir
 from tests.proxy import Proxy
 from tests.test_tools import call, load_tool
 from trainer.checkpoint import CheckpointManager
+from trainer.checkpoint.storage import file_digest
 from trainer.config import config_from_dict
 from trainer.errors import InputError
-from trainer.storage import file_digest
 from trainer.trainer import Trainer
 
 pytest.importorskip("s3fs")
@@ -436,7 +436,7 @@ def test_a_url_survives_the_config_unmangled(tmp_path):
 
 
 def test_the_tool_names_the_sharded_files_as_trainer_sharded_does():
-    from trainer import sharded
+    from trainer.checkpoint import sharded
 
     assert (checkpoints_tool.METADATA_FILE, checkpoints_tool.STATE_FILE, checkpoints_tool.DCP) == (
         sharded.METADATA_FILE,

@@ -32,12 +32,12 @@ def test_a_read_only_log_directory_at_the_start_is_exit_2_naming_it(workdir, mon
 
 
 def test_a_full_disk_when_archiving_the_best_copy_stops_with_one_line_also_in_train_log(workdir, monkeypatch):
-    import trainer.logger
+    import trainer.tracking.logger
 
     def full_disk(source, target):
         raise OSError(errno.ENOSPC, "No space left on device", f"{target}.4242.tmp")
 
-    monkeypatch.setattr(trainer.logger, "atomic_copy", full_disk)
+    monkeypatch.setattr(trainer.tracking.logger, "atomic_copy", full_disk)
     with pytest.raises(TrainingError) as caught:
         train_in_process(workdir, RUN)  # the first validation (iteration 5) is a new best: its copy fails
     message = str(caught.value)

@@ -1,4 +1,4 @@
-"""The preflight check (trainer/preflight.py): it runs the model, loss and metrics once and leaves no trace.
+"""The preflight check (trainer/guards/preflight.py): it runs the model, loss and metrics once and leaves no trace.
 
 What it refuses end to end (exit 2, no file moved) is in tests/test_bad_inputs.py.
 """

@@ -18,13 +18,13 @@ from torch import nn
 
 import data  # noqa: F401  (registers Kiln's datasets)
 import models  # noqa: F401  (registers Kiln's models)
-import trainer.metrics  # noqa: F401  (registers Kiln's metrics)
+import trainer.evaluation.metrics  # noqa: F401  (registers Kiln's metrics)
 from data.digits import Digits
 from models.simple_cnn import MLP, SimpleCNN
 from tests.conftest import tiny_config
 from trainer.config import Component, config_from_dict
 from trainer.errors import InputError
-from trainer.metrics import Accuracy
+from trainer.evaluation.metrics import Accuracy
 from trainer.registry import DATASETS, LOSSES, METRICS, MODELS, OPTIMIZERS, SCHEDULERS, Registry, build
 
 # ---------------------------------------------------------------------------------------------

@@ -14,12 +14,12 @@ import pytest
 
 from tests.conftest import REPO, TRAIN_PY, run_train, tiny_config, write_config
 from trainer.errors import InputError
-from trainer.runlock import RunLock, lock_path
+from trainer.guards.runlock import RunLock, lock_path
 
 HOLD_A_LOCK = """
 import sys, time
 sys.path.insert(0, {repo!r})
-from trainer.runlock import RunLock
+from trainer.guards.runlock import RunLock
 lock = RunLock("tiny", [{directory!r}])
 lock.acquire()
 print("locked", flush=True)

@@ -17,7 +17,7 @@ import torch
 from tests.conftest import REPO, assert_bitwise_equal, load_params, run_train, tiny_config, write_config
 from tests.helpers import train_in_dir, train_in_process
 from tests.trainer.test_distributed import torchrun
-from trainer import sharded
+from trainer.checkpoint import sharded
 from trainer.errors import InputError
 
 # No dropout and no batch norm: runs on any number of processes do the same math per sample.
@@ -147,7 +147,7 @@ def test_a_non_tensor_entry_in_a_sharded_checkpoint_is_refused_not_unpickled(wor
 DUMP_RESUMED_STATE = """
 import json, sys
 import torch
-from trainer import distributed
+from trainer.distributed import process as distributed
 from trainer.config import load_config
 from trainer.trainer import Trainer
 

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 from trainer.config import Component
 from trainer.errors import InputError
-from trainer.metrics import MIN_MSE, PSNR, SSIM, rgb_to_y
+from trainer.evaluation.metrics import MIN_MSE, PSNR, SSIM, rgb_to_y
+from trainer.evaluation.reporters import BicubicBaseline, ImagePreview
 from trainer.registry import METRICS, REPORTERS, build
-from trainer.reporters import BicubicBaseline, ImagePreview
 
 IDENTICAL_PSNR = 10 * math.log10(255**2 / MIN_MSE)  # ~148.13 dB
 
@@ -139,7 +139,7 @@ def test_bad_options_are_input_errors_naming_the_key(kwargs, message):
 
 
 def psnr_y_by_hand(output: torch.Tensor, target: torch.Tensor, border: int) -> torch.Tensor:
-    """Per-image PSNR on Y, written out independently of trainer.metrics."""
+    """Per-image PSNR on Y, written out independently of trainer.evaluation.metrics."""
 
     def luma(images: torch.Tensor) -> torch.Tensor:
         red, green, blue = images.double().unbind(dim=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.throughput import Throughput, describe_throughput, mfu, peak_flops, peak_flops_of
+from trainer.tracking.throughput import Throughput, describe_throughput, mfu, peak_flops, peak_flops_of
 
 
 def test_mfu_is_the_models_flops_at_the_measured_token_rate_over_the_peak():

@@ -28,9 +28,9 @@ from tests.conftest import free_port, tiny_config, write_config
 from tests.helpers import iterations_reading_the_device, train_in_process
 from tests.proxy import Proxy
 from trainer.config import config_from_dict
-from trainer.logger import Logger
-from trainer.trackers import Tracker, Trackers, fanout
-from trainer.trackers.base import RunInfo
+from trainer.tracking.logger import Logger
+from trainer.tracking.trackers import Tracker, Trackers, fanout
+from trainer.tracking.trackers.base import RunInfo
 from trainer.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,4 +1,4 @@
-"""Weights other tools publish (trainer/weight_files.py): `.safetensors`, Hugging Face's sharded
+"""Weights other tools publish (trainer/checkpoint/weight_files.py): `.safetensors`, Hugging Face's sharded
 index plus shards, and tied weights that such files store once.
 
 Every file here is written the way its tool writes it (safetensors.torch.save_file; the index
@@ -21,9 +21,9 @@ from models.simple_cnn import SimpleCNN
 from tests.conftest import assert_bitwise_equal, tiny_config
 from tests.test_tools import call, evaluate_tool, export_tool
 from trainer.checkpoint import CheckpointManager
+from trainer.checkpoint.restore import load_pretrained
 from trainer.config import config_from_dict
 from trainer.errors import InputError
-from trainer.restore import load_pretrained
 from trainer.trainer import Trainer
 
 CNN = {"type": "SimpleCNN", "num_classes": 10, "width": 8}  # tiny_config's model
@@ -287,7 +287,7 @@ def test_evaluate_with_a_damaged_safetensors_is_exit_2_with_one_line(workdir: Pa
 
 
 def test_an_index_naming_a_shard_outside_its_folder_is_refused_before_any_download(tmp_path: Path):
-    from trainer.weight_files import shard_files
+    from trainer.checkpoint.weight_files import shard_files
 
     index = save_sharded(published_weights(), tmp_path / "hf")
     assert sorted(shard_files(index, "pretrain_path")) == [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trainer.config import dump_config, load_config
+from trainer.config.schema import dump_config, load_config
 from trainer.sweep.space import override
 from trainer.sweep.spec import SweepSpec
 from trainer.sweep.study import ATTR_ERROR, ATTR_SECONDS, best_value, last_iteration

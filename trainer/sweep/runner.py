@@ -28,9 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from trainer.callbacks import SWEEP_STORAGE_ENV
 from trainer.errors import InputError
-from trainer.signals import StopSignals
+from trainer.guards.signals import StopSignals
 from trainer.sweep.report import write_report
 from trainer.sweep.space import override
 from trainer.sweep.spec import SweepSpec
@@ -46,7 +45,7 @@ from trainer.sweep.study import (
     rdb_storage,
     storage_url,
 )
-from trainer.sweep.trial_hook import EXIT_PRUNED, SWEEP_STUDY_ENV, SWEEP_TRIAL_ENV
+from trainer.sweep.trial_hook import EXIT_PRUNED, SWEEP_STORAGE_ENV, SWEEP_STUDY_ENV, SWEEP_TRIAL_ENV
 from utils import console
 
 TRAIN_PY = Path(__file__).resolve().parents[2] / "train.py"

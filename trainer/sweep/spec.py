@@ -28,11 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from trainer.config import NAME_PATTERN, Config, config_from_dict
-from trainer.config_files import apply_override, load_document, parse_yaml, yaml_type_name
+from trainer.config.files import apply_override, load_document, parse_yaml, yaml_type_name
+from trainer.config.schema import NAME_PATTERN, Config, config_from_dict
 from trainer.errors import InputError
 from trainer.sweep.space import Dimension, override, parse_dimension
-from trainer.sweep.study import build_pruner, build_sampler, pruner_settings  # optuna is imported only when they run
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "none")
@@ -141,8 +140,6 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         space=space,
         launcher=tuple(launcher),
     )
-    build_sampler(spec)  # options Optuna refuses: here, before anything is written
-    build_pruner(pruner_settings(spec), where)
     return spec
 
 
@@ -293,7 +290,7 @@ def _check_key(key: str, base: Config, config_path: Path, where: str) -> None:
 def _constructor_arguments(parent: str, type_name: str, base: Config) -> list[str] | None:
     """The keyword arguments the class `type_name` (at config key `parent`) takes; None: any (**kwargs)."""
     from trainer import registry  # imports torch: only for a key the resolved config does not show
-    from trainer.environment import import_plugins
+    from trainer.build import import_plugins
 
     import_plugins(base.imports)
     target = getattr(registry, COMPONENT_REGISTRIES[parent]).get(type_name)

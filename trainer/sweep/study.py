@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainer.config import config_changes
+from trainer.config.schema import config_changes
 from trainer.errors import InputError
 
 if TYPE_CHECKING:
@@ -72,6 +72,13 @@ def pruner_settings(spec: SweepSpec) -> dict:
         settings.setdefault("min_resource", spec.base.train.val_interval)
         settings.setdefault("max_resource", spec.base.train.total_iters)
     return settings
+
+
+def check_options(spec: SweepSpec) -> None:
+    """Build the sampler and the pruner once, so that options Optuna refuses are one line before
+    anything is written (tools/sweep.py calls it right after loading the sweep file)."""
+    build_sampler(spec)
+    build_pruner(pruner_settings(spec), f"sweep file {spec.path}")
 
 
 def build_pruner(settings: dict, where: str) -> Any:

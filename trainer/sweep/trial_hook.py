@@ -17,17 +17,26 @@ import os
 import signal
 import sys
 
-from trainer.callbacks import SWEEP_STORAGE_ENV, Stop, ValidationCallback
-from trainer.config import Config
+from trainer.callbacks import Stop, ValidationCallback
+from trainer.config.schema import Config
 from trainer.errors import InputError, TrainingError
 from trainer.sweep.study import ATTR_DEFINITION, ATTR_PRUNED_AT, ATTR_PRUNER, build_pruner, import_optuna, rdb_storage
 
+# Set by tools/sweep.py for each trial's process: the Optuna storage URL its study lives in.
+SWEEP_STORAGE_ENV = "KILN_SWEEP_STORAGE"
 SWEEP_STUDY_ENV = "KILN_SWEEP_STUDY"
 SWEEP_TRIAL_ENV = "KILN_SWEEP_TRIAL"
 # The exit code of a run the sweep's pruner stopped: not 0 (it did not finish), 1 (failure),
 # 2 (bad input) or 128+signal, so the sweep records the trial as PRUNED.
 EXIT_PRUNED = 3
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def from_environment(config: Config) -> list[ValidationCallback]:
+    """The callbacks this process's environment asks for: a sweep trial's reporter, or none."""
+    if not os.environ.get(SWEEP_STORAGE_ENV):
+        return []
+    return [reporter_from_environment(config)]
 
 
 def reporter_from_environment(config: Config) -> ValidationCallback:

@@ -9,7 +9,7 @@
 
 Everything is read with safetensors' own loader: the format holds only tensors and a JSON
 header, so reading an untrusted file never runs code. Every failure is one InputError line
-naming the file and the fix, as trainer.checkpoint.load_file's are.
+naming the file and the fix, as trainer.checkpoint.manager.load_file's are.
 """
 
 from __future__ import annotations

@@ -21,10 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from trainer.config import TrackerSpec
+from trainer.config.schema import TrackerSpec
 from trainer.errors import InputError
 from trainer.registry import TRACKERS, build
-from trainer.trackers.base import (
+from trainer.tracking.trackers.base import (
     Artifact,
     MissingPackageError,
     RunInfo,

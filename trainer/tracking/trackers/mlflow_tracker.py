@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 from trainer.registry import TRACKERS
-from trainer.trackers.base import Artifact, RunInfo, ScalarRow, Tracker, as_text, check_text, require
+from trainer.tracking.trackers.base import Artifact, RunInfo, ScalarRow, Tracker, as_text, check_text, require
 
 KILN_RUN_TAG = "kiln.run_id"  # finds the run again when a checkpoint was saved before its id was known
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
 import tempfile
 import uuid
@@ -30,34 +29,14 @@ from typing import Any
 
 from trainer.errors import InputError
 from utils.io import atomic_path, unused_path
+from utils.locations import as_location, basename, is_url, protocol_of  # noqa: F401 - re-exported for callers
 
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _S3 = frozenset({"s3", "s3a"})
 # Object stores: a PUT is all or nothing, and there are no directories to create.
 OBJECT_STORES = frozenset({*_S3, "gs", "gcs", "az", "abfs", "abfss", "memory"})
 PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs", "abfss": "adlfs"}
 KEY_SHA256 = "sha256"  # the S3 object metadata entry (x-amz-meta-sha256) every Kiln upload sets
 _CHUNK = 8 * 2**20
-
-
-def is_url(location: str | Path | None) -> bool:
-    """Whether `location` is an fsspec URL (`s3://...`, `gs://...`), not a local path."""
-    return location is not None and bool(_URL.match(str(location)))
-
-
-def as_location(text: str | Path) -> Path | str:
-    """A URL stays a string (Path would fold its `//` into one); anything else becomes a Path."""
-    return str(text) if is_url(text) else Path(text)
-
-
-def protocol_of(url: str) -> str:
-    """`s3` for `s3://bucket/key`."""
-    return str(url).split("://", 1)[0].lower()
-
-
-def basename(location: str | Path) -> str:
-    """The last component of a path or URL."""
-    return str(location).rstrip("/").rsplit("/", 1)[-1]
 
 
 def file_digest(path: Path, kind: str = "sha256") -> str:

@@ -218,7 +218,7 @@ def model_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
 def load_state_file(path: Path, what: str) -> dict[str, Any]:
     """kiln_state.pt of a complete sharded checkpoint; InputError naming what is wrong."""
-    from trainer.checkpoint import load_file
+    from trainer.checkpoint.manager import load_file
 
     if not is_complete(path):
         missing = METADATA_FILE if (path / STATE_FILE).is_file() else STATE_FILE

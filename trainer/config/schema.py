@@ -1,6 +1,6 @@
 """The config door: YAML (safe_load) + `base` inheritance + KEY=VALUE overrides -> a typed Config.
 
-Reading the files and applying overrides is trainer/config_files.py; this module validates
+Reading the files and applying overrides is trainer/config/files.py; this module validates
 the resulting document into the frozen dataclasses below.
 
 Everything a user can get wrong in a config is caught here, once, with one line that names
@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from trainer.config_files import apply_override, dump_yaml, load_document, yaml_type_name
+from trainer.config.files import apply_override, dump_yaml, load_document, yaml_type_name
 from trainer.errors import InputError
-from trainer.storage import is_url
+from utils.locations import is_url
 
 # ---------------------------------------------------------------------------------------------
 # The typed config
@@ -142,7 +142,7 @@ class ValConfig:
     """Whether a larger (max) or smaller (min) value is better."""
     reporters: list[Component] = field(default_factory=list)
     """What a task adds to each validation (a baseline figure, image previews): registered
-    reporters (trainer.reporters) or dotted paths, each with reset/update/summary."""
+    reporters (trainer.evaluation.reporters) or dotted paths, each with reset/update/summary."""
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ Importing this package registers the three trackers; their packages (mlflow, wan
 only when a config names them.
 """
 
-from trainer.trackers import csv_tracker, mlflow_tracker, wandb_tracker  # noqa: F401 - registers them
-from trainer.trackers.base import Tracker
-from trainer.trackers.fanout import CLOSE_TIMEOUT_SECONDS, Trackers, build_trackers
+from trainer.tracking.trackers import csv_tracker, mlflow_tracker, wandb_tracker  # noqa: F401 - registers them
+from trainer.tracking.trackers.base import Tracker
+from trainer.tracking.trackers.fanout import CLOSE_TIMEOUT_SECONDS, Trackers, build_trackers
 
 __all__ = ["CLOSE_TIMEOUT_SECONDS", "Tracker", "Trackers", "build_trackers"]

@@ -32,10 +32,10 @@ import torch
 from torch import nn
 
 from data.loader import dataset_of, describe_error, peek_batch
-from trainer.config import Config
-from trainer.distributed import Distributed
+from trainer.config.schema import Config
+from trainer.distributed.process import Distributed
 from trainer.errors import InputError
-from trainer.evaluation import MetricFn, Reporter
+from trainer.evaluation.evaluator import MetricFn, Reporter
 from trainer.step import OptimizerStep, sums_over_elements
 from utils.seed import get_rng_state, set_rng_state
 

@@ -1,7 +1,7 @@
 """The tracker interface: what an experiment tracker receives, and the helpers trackers share.
 
 A tracker records one run in another system (a CSV file, an MLflow server, Weights & Biases).
-The Logger hands the fan-out (trainer/trackers/fanout.py) what it already has at logging and
+The Logger hands the fan-out (trainer/tracking/trackers/fanout.py) what it already has at logging and
 validation time; the fan-out calls each tracker on that tracker's own thread, so no tracker
 method ever runs on the training thread, and none touches the model or the device. Trackers
 never import the Logger.

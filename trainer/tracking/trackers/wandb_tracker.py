@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.registry import TRACKERS
-from trainer.trackers.base import Artifact, RunInfo, ScalarRow, Tracker, check_text, require
+from trainer.tracking.trackers.base import Artifact, RunInfo, ScalarRow, Tracker, check_text, require
 from utils.io import atomic_write_text
 
 STATE_FILE = "wandb_run.json"  # {"run_id": ..., "last_step": N}: what this run sent, for an offline resume

@@ -1,20 +1,30 @@
-"""The process around a run: output directories, user plugins, the device, backend settings."""
+"""The run's outputs on disk: the directories it writes, checked before anything is built, and
+the files of earlier runs moved aside before anything is written (BasicSR's habit)."""
 
 from __future__ import annotations
 
-import importlib
+import datetime
 import os
+import shutil
 import socket
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from trainer.config import Config
+from trainer.checkpoint.manager import CheckpointManager
+from trainer.checkpoint.storage import check_store
+from trainer.config.schema import Config
 from trainer.errors import InputError
-from trainer.storage import check_store, is_url
+from utils.io import unused_path
+from utils.locations import is_url
+
+RUN_ID_FILE = "run_id.txt"  # in the log directory: which run its files belong to
+
+
+def run_log_dir(config: Config) -> Path:
+    """The run's log directory, `<logging.dir>/<name>/`: the one place that builds it."""
+    return Path(config.logging.dir) / config.name
+
 
 
 def check_output_dirs(config: Config) -> None:
@@ -41,7 +51,7 @@ def check_output_dirs(config: Config) -> None:
         if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
             problem = "is a file, not a directory" if not existing.is_dir() else "is not writable"
             raise InputError(f"config key {key}: {directory} cannot be written because {existing} {problem}; point it elsewhere")
-    log_dir = Path(config.logging.dir) / config.name
+    log_dir = run_log_dir(config)
     if log_dir.exists() and not log_dir.is_dir():
         raise InputError(
             f"config key logging.dir: the run's log directory {log_dir} is a file, not a directory; "
@@ -80,45 +90,49 @@ def check_shared_checkpoint_dir(directory: str, dist: Any) -> None:
         )
 
 
-def import_plugins(modules: list[str]) -> None:
-    """Import the config's `imports:` (user modules that register components)."""
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # user modules beside the config's working directory
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except ImportError as error:
-            raise InputError(f"config key imports: cannot import {name!r} ({error}); check the module name") from None
-    import data  # noqa: F401  (registers Kiln's datasets)
-    import models  # noqa: F401  (registers Kiln's models)
-    import trainer.losses  # noqa: F401  (registers Kiln's losses)
-    import trainer.metrics  # noqa: F401  (registers Kiln's metrics)
-    import trainer.reporters  # noqa: F401  (registers Kiln's validation reporters)
+def archive_log_dir(log_dir: Path, stamp: str) -> Path | None:
+    """Move a previous run's non-empty log directory aside as `<dir>_archived_<stamp>`."""
+    if not log_dir.is_dir() or not any(log_dir.iterdir()):
+        return None
+    target = unused_path(log_dir.with_name(f"{log_dir.name}_archived_{stamp}"))
+    shutil.move(str(log_dir), str(target))
+    return target
 
 
-def wants_cuda(name: str) -> bool:
-    """Whether the device setting means CUDA here (auto with a GPU, or cuda[:N])."""
-    return name.startswith("cuda") or (name == "auto" and torch.cuda.is_available())
+def read_run_id(log_dir: Path) -> str | None:
+    """The run id a log directory was written by (None for one written before Kiln recorded it)."""
+    try:
+        return (log_dir / RUN_ID_FILE).read_text(encoding="utf-8").strip() or None
+    except FileNotFoundError:
+        return None
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """auto -> cuda when available, else cpu; under torchrun `cuda` is this rank's GPU.
-    Asking for CUDA without a GPU is an InputError."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(f"cuda:{local_rank}" if name == "cuda" and torch.cuda.is_available() else name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"config key device: {name!r} was asked for but CUDA is not available here; set device: cpu or auto")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise InputError(f"config key device: {name!r} does not exist ({torch.cuda.device_count()} GPUs); pick a lower index")
-    return device
+def archive_previous_run(config: Config, checkpoints: CheckpointManager) -> list[str]:
+    """A fresh run never overwrites an earlier run's files: move them aside (BasicSR's habit)."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S")
+    notes = []
+    moved_logs = archive_log_dir(run_log_dir(config), stamp)
+    if moved_logs:
+        notes.append(f"an earlier run's logs were moved to {moved_logs}")
+    moved_weights = checkpoints.archive_existing(stamp)
+    if moved_weights:
+        notes.append(f"an earlier run's weights were moved to {moved_weights}")
+    if config.resume_path == "auto":
+        notes.append(f"resume_path auto: no checkpoint of {config.name} in {checkpoints.directory}, starting fresh")
+    return notes
 
 
-def configure_backends(deterministic: bool) -> None:
-    """deterministic: PyTorch's deterministic algorithms; otherwise let cuDNN pick the fastest."""
-    # Only when it changes something: the call imports torch._inductor (seconds of start-up).
-    if deterministic or torch.are_deterministic_algorithms_enabled():
-        torch.use_deterministic_algorithms(deterministic)
-    torch.backends.cudnn.deterministic = deterministic
-    torch.backends.cudnn.benchmark = not deterministic
+def archive_other_runs(config: Config, checkpoints: CheckpointManager, run_id: str | None) -> list[str]:
+    """A resumed run never writes into another run's files: move the log directory and the
+    weight files of this name aside when they were written by a run other than `run_id`."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S")
+    notes = []
+    log_dir = run_log_dir(config)
+    if log_dir.is_dir() and read_run_id(log_dir) != run_id:
+        moved_logs = archive_log_dir(log_dir, stamp)
+        if moved_logs:
+            notes.append(f"{log_dir} held the logs of another run; they were moved to {moved_logs}")
+    if checkpoints.holds_other_run(run_id):
+        moved_weights = checkpoints.archive_existing(stamp)
+        notes.append(f"{checkpoints.directory} held weights of another run named {config.name}; moved to {moved_weights}")
+    return notes

@@ -3,35 +3,25 @@
 from __future__ import annotations
 
 import datetime
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from trainer.config import LoggingConfig
+from trainer.config.schema import LoggingConfig
 from trainer.errors import TrainingError
-from trainer.throughput import Throughput, mfu
+from trainer.tracking.throughput import Throughput, mfu
 from utils import console
-from utils.io import atomic_copy, atomic_write_text, unused_path
+from utils.io import atomic_copy, atomic_write_text
 
 if TYPE_CHECKING:
-    from trainer.trackers import Trackers
+    from trainer.tracking.trackers import Trackers
 
 # TensorBoard's writer thread wakes and takes the GIL for every event it is handed, which on a
 # small model costs a few percent of the training steps (see docs/performance.md). Scalars are
 # therefore handed to it in batches: at most this often, at every save (flush) and at close.
 # TensorBoard itself writes to disk only every 120 s (its flush_secs), so curves lag no more.
 SCALAR_HANDOFF_SECONDS = 10.0
-
-
-def archive_log_dir(log_dir: Path, stamp: str) -> Path | None:
-    """Move a previous run's non-empty log directory aside as `<dir>_archived_<stamp>`."""
-    if not log_dir.is_dir() or not any(log_dir.iterdir()):
-        return None
-    target = unused_path(log_dir.with_name(f"{log_dir.name}_archived_{stamp}"))
-    shutil.move(str(log_dir), str(target))
-    return target
 
 
 class Logger:

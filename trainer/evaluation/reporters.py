@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer.errors import InputError
-from trainer.metrics import PSNR, SSIM
+from trainer.evaluation.metrics import PSNR, SSIM
 from trainer.registry import REPORTERS
 
 

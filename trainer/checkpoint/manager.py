@@ -4,7 +4,7 @@
 - `<name>_iter_<N>.pth` / `<name>_best.pth`: weight-only, exactly `{"params": state_dict}`.
 - with `checkpoint.format: sharded`, `<name>_iter_<N>.dcp/` / `<name>_best.dcp/` instead of the
   .pt: a torch.distributed.checkpoint directory every rank writes its shards into
-  (trainer/sharded.py); the .pth is then written at best and at the last iteration only.
+  (trainer/checkpoint/sharded.py); the .pth is then written at best and at the last iteration only.
 
 Every write is atomic (utils.io) and every read uses `torch.load(..., weights_only=True)`:
 checkpoint files are untrusted input.
@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainer import sharded, weight_files
-from trainer.distributed import Distributed, load_model_state_dict
+from trainer.checkpoint import sharded, weight_files
+from trainer.checkpoint.storage import as_location, basename, is_url, local_copy, open_storage
+from trainer.distributed.process import Distributed, load_model_state_dict
 from trainer.errors import InputError, TrainingError
-from trainer.storage import as_location, basename, is_url, local_copy, open_storage
 from utils.io import atomic_torch_save
 
 FORMAT_VERSION = 1
@@ -88,7 +88,7 @@ def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def load_file(path: str | Path, what: str) -> Any:
     """torch.load with weights_only=True (safetensors files and Hugging Face folders: their own
-    loader, trainer/weight_files.py); any failure is one InputError line naming the file. A URL
+    loader, trainer/checkpoint/weight_files.py); any failure is one InputError line naming the file. A URL
     (`s3://...`) is downloaded to a temporary file first; its errors name the URL."""
     if is_url(path):
         with local_copy(str(path), what, companions=lambda copy: weight_files.shard_files(copy, what)) as local:
@@ -234,12 +234,12 @@ def to_host(obj: Any, *, copy: bool) -> Any:
 
 class CheckpointManager:
     """Writes and finds one experiment's checkpoints in `directory`, a local path or an fsspec
-    URL such as `s3://bucket/prefix` (trainer/storage.py gives both the same operations).
+    URL such as `s3://bucket/prefix` (trainer/checkpoint/storage.py gives both the same operations).
 
     Public API: `should_save`, `save_from` (the Trainer's, every rank), `save` (a prepared .pt
     and .pth, rank 0), `wait`, `latest`, `load_checkpoint`, `load_weights`, `prune`,
     `archive_existing`. `fmt` is the checkpoint format: `file` (a .pt rank 0 writes) or
-    `sharded` (a .dcp directory every rank writes into; trainer/sharded.py). With
+    `sharded` (a .dcp directory every rank writes into; trainer/checkpoint/sharded.py). With
     `background=True` a save copies the state to host memory and returns: a thread writes the
     files (at most one write in flight).
 

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 
 from trainer.registry import TRACKERS
-from trainer.trackers.base import Artifact, RunInfo, ScalarRow, Tracker, as_text
+from trainer.tracking.trackers.base import Artifact, RunInfo, ScalarRow, Tracker, as_text
 from utils.io import atomic_write_text
 
 METRICS_FILE = "metrics.csv"

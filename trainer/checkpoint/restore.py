@@ -3,7 +3,6 @@ moves an earlier run's files aside."""
 
 from __future__ import annotations
 
-import datetime
 import warnings
 from pathlib import Path
 from typing import Any
@@ -11,9 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainer import distributed
-from trainer import sharded as sharded_format
-from trainer.checkpoint import (
+from trainer.checkpoint import sharded as sharded_format
+from trainer.checkpoint.manager import (
     KEY_CONFIG,
     KEY_ITERATION,
     KEY_MODEL,
@@ -22,11 +20,11 @@ from trainer.checkpoint import (
     CheckpointManager,
     load_model_state,
 )
-from trainer.config import Config, config_changes
+from trainer.checkpoint.storage import as_location
+from trainer.config.schema import Config, config_changes
+from trainer.distributed import process as distributed
 from trainer.errors import InputError
-from trainer.logger import archive_log_dir
 from trainer.optim import IMPLEMENTATION_KEYS, load_keeping_implementation
-from trainer.storage import as_location
 
 
 def find_checkpoint(
@@ -203,45 +201,3 @@ def load_pretrained(model: nn.Module, config: Config, checkpoints: CheckpointMan
     report = load_model_state(model, state, strict=config.strict_load, source=f"pretrain_path {config.pretrain_path}")
     message = f"loaded pretrained weights from {config.pretrain_path}"
     return [f"{message}; not loaded: {report.describe()}" if report else message]
-
-
-RUN_ID_FILE = "run_id.txt"  # in the log directory: which run its files belong to
-
-
-def read_run_id(log_dir: Path) -> str | None:
-    """The run id a log directory was written by (None for one written before Kiln recorded it)."""
-    try:
-        return (log_dir / RUN_ID_FILE).read_text(encoding="utf-8").strip() or None
-    except FileNotFoundError:
-        return None
-
-
-def archive_previous_run(config: Config, checkpoints: CheckpointManager) -> list[str]:
-    """A fresh run never overwrites an earlier run's files: move them aside (BasicSR's habit)."""
-    stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S")
-    notes = []
-    moved_logs = archive_log_dir(Path(config.logging.dir) / config.name, stamp)
-    if moved_logs:
-        notes.append(f"an earlier run's logs were moved to {moved_logs}")
-    moved_weights = checkpoints.archive_existing(stamp)
-    if moved_weights:
-        notes.append(f"an earlier run's weights were moved to {moved_weights}")
-    if config.resume_path == "auto":
-        notes.append(f"resume_path auto: no checkpoint of {config.name} in {checkpoints.directory}, starting fresh")
-    return notes
-
-
-def archive_other_runs(config: Config, checkpoints: CheckpointManager, run_id: str | None) -> list[str]:
-    """A resumed run never writes into another run's files: move the log directory and the
-    weight files of this name aside when they were written by a run other than `run_id`."""
-    stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S")
-    notes = []
-    log_dir = Path(config.logging.dir) / config.name
-    if log_dir.is_dir() and read_run_id(log_dir) != run_id:
-        moved_logs = archive_log_dir(log_dir, stamp)
-        if moved_logs:
-            notes.append(f"{log_dir} held the logs of another run; they were moved to {moved_logs}")
-    if checkpoints.holds_other_run(run_id):
-        moved_weights = checkpoints.archive_existing(stamp)
-        notes.append(f"{checkpoints.directory} held weights of another run named {config.name}; moved to {moved_weights}")
-    return notes

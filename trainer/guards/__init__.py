@@ -1,0 +1,11 @@
+"""What stands between a run and harm to the user's files or time, each checked once.
+
+- `outputs.py`: the run's log directory; output directories checked before anything is built;
+  an earlier run's files moved aside before anything is written.
+- `runlock.py`: one run per experiment at a time (flock).
+- `preflight.py`: one batch through model, loss and metrics before anything moves.
+- `signals.py`: SIGTERM/SIGINT/SIGHUP turned into a flag the loop reads at step boundaries.
+
+May import trainer.config, trainer.checkpoint, trainer.distributed, trainer.evaluation,
+trainer.step, data.loader, trainer.errors and utils; never the Trainer.
+"""
