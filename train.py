@@ -22,9 +22,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Parse, load the config, train; exit 2 with one line on a bad input."""
     args = parse_args(argv)  # before importing torch, so --help stays fast
-    from trainer import InputError, run
+    from trainer import run
     from trainer.config import dump_config, load_config
-    from trainer.errors import TrainingError
+    from trainer.errors import REPORTED_ERRORS, report_error
     from utils import console
     from utils.cli import EXIT_READER_GONE
 
@@ -33,12 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             return 0 if console.write(sys.stdout, dump_config(config)) else EXIT_READER_GONE  # as the tools do
         return run(config)
-    except InputError as error:
-        console.write(sys.stderr, f"error: {error}\n")  # a closed stderr must not turn exit 2 into a traceback
-        return 2
-    except TrainingError as error:
-        console.write(sys.stderr, f"error: {error}\n")
-        return 1
+    except REPORTED_ERRORS as error:  # one `error:` line on stderr; exit 2 for an InputError, 1 for a TrainingError
+        return report_error(error)
 
 
 if __name__ == "__main__":

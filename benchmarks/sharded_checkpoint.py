@@ -8,10 +8,9 @@ exp_avg_sq exist: about 1.5 GB of model + optimizer state in fp32. The script la
 with `python -m torch.distributed.run --standalone --nproc_per_node=N` (OMP_NUM_THREADS=1 per
 rank unless set) into a scratch directory it deletes afterwards.
 
-Every save goes through Kiln's CheckpointManager.save_from with a small source object that
-builds what the Trainer's full_checkpoint / sharded_parts / export_weights build (Kiln's
-distributed.model_state / optimizer_state gather, make_checkpoint, sharded.tensor_parts), and is
-followed by a barrier, as Trainer._save does. An iteration checkpoint is saved: `file` writes
+Every save goes through Kiln's CheckpointManager.save_state with the TrainingState the Trainer
+hands it (the live model and optimizer, the FSDP strategy object, a loop state laid out as
+Trainer.state_dict's), and is followed by a barrier, as Trainer._save does. An iteration checkpoint is saved: `file` writes
 the .pt and the .pth (rank 0 alone, after every rank took part in gathering the whole state
 onto rank 0's host memory); `sharded` writes the .dcp directory (every rank its own shards, no
 .pth at iterations). Measured, per format:
@@ -22,18 +21,19 @@ onto rank 0's host memory); `sharded` writes the .dcp directory (every rank its 
   (VmHWM, reset through /proc/self/clear_refs before the save) is read too, and the larger of
   the two is the peak. Beside it, each rank's own shard of model + optimizer (bytes of its local
   tensors, each storage counted once: the tied embedding/head is one tensor).
-- SAVE TIME: barrier, then the wall time of save_from + barrier (the time the training loop
-  waits), and in it the time spent building the state (file: the gather onto rank 0).
+- SAVE TIME: barrier, then the wall time of save_state + barrier (the time the training loop
+  waits); beside it, measured alone, the time spent building the state (file: the gather onto
+  rank 0).
 - LOAD TIME: the model and optimizer are zeroed first, then loaded back into the live FSDP
   model and optimizer along Kiln's resume path: file = CheckpointManager.load_checkpoint (a
-  plain torch.load, weights_only=True, on every rank) + checkpoint.load_model_state (strict) +
-  distributed.load_optimizer_state; also the variant torch.load(mmap=True). sharded =
-  load_checkpoint (kiln_state.pt) + sharded.restore_parts (DCP load into the live shards, then
-  set_model_state_dict / set_optimizer_state_dict). The loaded state is checked bit for bit
+  plain torch.load, weights_only=True, on every rank) + the file format's load_model (strict) and
+  load_optimizer (the FSDP strategy's set_*_state_dict); also the variant torch.load(mmap=True).
+  sharded = load_checkpoint (kiln_state.pt) + the sharded format's load_optimizer (DCP load into
+  the live shards, then set_model_state_dict / set_optimizer_state_dict). The loaded state is checked bit for bit
   against the saved one (per-rank float64 sums of every local tensor). Peak memory is sampled
   during loads too.
 - ASYNC: `sharded` with checkpoint.async (CheckpointManager(background=True)): the time the
-  caller is blocked (save_from + barrier: staging to host memory) against the total until
+  caller is blocked (save_state + barrier: staging to host memory) against the total until
   wait() returns on every rank, and the memory peak over the whole save.
 
 Before the timed runs every code path runs once untimed on a tiny GPT (imports, thread pools).
@@ -51,6 +51,7 @@ import ctypes
 import ctypes.util
 import gc
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -64,8 +65,12 @@ import torch.nn.functional as F
 from _common import REPO, machine
 
 from models.gpt import GPT
-from trainer.checkpoint import CheckpointManager, clean_state_dict, load_model_state, make_checkpoint, sharded
+from trainer.checkpoint import CheckpointManager, TrainingState, dcp
+from trainer.checkpoint.formats import FileFormat, ShardedFormat
+from trainer.checkpoint.formats.file import full_checkpoint
+from trainer.checkpoint.formats.sharded import sharded_parts
 from trainer.distributed import process as distributed
+from trainer.distributed.strategy import build_strategy
 from utils.seed import get_rng_state
 
 NAME = "bench"
@@ -160,7 +165,7 @@ def _tensors(obj: Any) -> list[torch.Tensor]:
 def state_sizes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, int]:
     """(bytes of this rank's own shards of model + optimizer, bytes of the whole state), each tensor counted
     once (the tied embedding/head is one parameter: the same local storage under two names)."""
-    parts, _ = sharded.tensor_parts(model, optimizer, None)
+    parts, _ = build_strategy("fsdp", distributed.Distributed()).sharded_state(model, optimizer, None)
     seen, own, whole = set(), 0, 0
     for tensor in _tensors(parts):
         local = _local(tensor)
@@ -191,15 +196,14 @@ def scramble(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
                 value.zero_()
 
 
-class Source:
-    """What CheckpointManager.save_from reads from the Trainer, built the way the Trainer builds it."""
+class LoopState:
+    """The Trainer's loop state after iteration 1, as Trainer.state_dict lays it out (RNG of every rank gathered)."""
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, dist: distributed.Distributed) -> None:
-        self.model, self.optimizer, self.dist = model, optimizer, dist
-        self.build_time = 0.0  # seconds in the last full_checkpoint / sharded_parts
+    def __init__(self, dist: distributed.Distributed) -> None:
+        self.dist = dist
 
-    def _trainer_state(self) -> dict[str, Any]:
-        """Trainer.state_dict's layout after iteration 1 (RNG of every rank gathered)."""
+    def state_dict(self) -> dict[str, Any]:
+        """Trainer.state_dict's layout."""
         return {
             "iteration": 1,
             "epoch": 0,
@@ -212,44 +216,19 @@ class Source:
             "pending_losses": self.dist.gather_objects(torch.zeros(1)),
         }
 
-    def full_checkpoint(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        """(the whole .pt checkpoint, the .pth weights), gathered onto rank 0 (Trainer.full_checkpoint)."""
-        start = time.perf_counter()
-        checkpoint = make_checkpoint(
-            model_state=clean_state_dict(distributed.model_state(self.model)),
-            optimizer_state=distributed.optimizer_state(self.model, self.optimizer),
-            scheduler_state=None,
-            trainer_state=self._trainer_state(),
-            config={"name": NAME, "optimizer": {"type": "AdamW"}},
-        )
-        self.build_time = time.perf_counter() - start
-        return checkpoint, checkpoint["model"]
 
-    def sharded_parts(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(this rank's tensors, the rest for kiln_state.pt) (Trainer.sharded_parts)."""
-        start = time.perf_counter()
-        tensors, optimizer_rest = sharded.tensor_parts(self.model, self.optimizer, None)
-        state = make_checkpoint(
-            model_state={},
-            optimizer_state=optimizer_rest,
-            scheduler_state=None,
-            trainer_state=self._trainer_state(),
-            config={"name": NAME, "optimizer": {"type": "AdamW"}},
-        )
-        self.build_time = time.perf_counter() - start
-        return tensors, state
-
-    def export_weights(self) -> dict[str, torch.Tensor]:
-        """The .pth weights, gathered onto rank 0 (Trainer.export_weights)."""
-        return clean_state_dict(distributed.model_state(self.model))
+def training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dist: distributed.Distributed) -> TrainingState:
+    """What the Trainer hands the CheckpointManager: the live objects, FSDP's strategy (under torchrun)."""
+    strategy = build_strategy("fsdp", dist)
+    config = {"name": NAME, "optimizer": {"type": "AdamW"}}
+    return TrainingState(model, optimizer, None, None, strategy, loop=LoopState(dist), config=config)
 
 
 def build(layers: int, width: int, vocab: int, block: int, dist: distributed.Distributed) -> tuple[GPT, torch.optim.Optimizer]:
     """The GPT sharded with Kiln's shard_model and AdamW after one step (moments exist, grads freed)."""
     torch.manual_seed(0)  # the same initial weights on every rank, as the Trainer seeds
     model = GPT(vocab_size=vocab, block_size=block, n_layer=layers, n_head=max(1, width // 64), n_embd=width)
-    if dist.enabled:
-        distributed.shard_model(model)
+    build_strategy("fsdp", dist).prepare(model)  # FSDP2 under torchrun, as the Trainer shards it
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     torch.manual_seed(1 + dist.rank)
     idx = torch.randint(vocab, (1, 16))
@@ -263,36 +242,46 @@ def build(layers: int, width: int, vocab: int, block: int, dist: distributed.Dis
 # -- one save, one load ---------------------------------------------------------------------------
 
 
-def timed_save(manager: CheckpointManager, source: Source, dist: distributed.Distributed) -> dict[str, Any]:
-    """Memory and time of one save_from + barrier (as Trainer._save): how long the caller is
-    blocked, and the total until wait() returns (a background save's write; ~the same when synchronous)."""
+def timed_save(manager: CheckpointManager, state: TrainingState, dist: distributed.Distributed) -> dict[str, Any]:
+    """Memory and time of one save_state + barrier (as Trainer._save): how long the caller is
+    blocked, and the total until wait() returns (a background save's write; ~the same when synchronous).
+
+    Beside it, untimed for the save, the time building the state takes alone (file: the gather
+    onto rank 0; sharded: this rank's shards and the small part).
+    """
+    build_state = full_checkpoint if isinstance(manager.format, FileFormat) else sharded_parts
+    dist.barrier()
+    start = time.perf_counter()
+    build_state(state)
+    build_time = time.perf_counter() - start
     dist.barrier()
     with PeakRSS() as memory:
         start = time.perf_counter()
-        manager.save_from(TAG, source)
+        manager.save_state(TAG, state)
         dist.barrier()
         blocked = time.perf_counter() - start
         manager.wait()
         dist.barrier()
         total = time.perf_counter() - start
-    figures = {"blocked_s": blocked, "total_s": total, "build_s": source.build_time, "save_mem": memory.figures()}
+    figures = {"blocked_s": blocked, "total_s": total, "build_s": build_time, "save_mem": memory.figures()}
     return {**figures, "save_s": blocked} if not manager.background else figures
 
 
-def load_file_checkpoint(manager: CheckpointManager, path: Path, model: Any, optimizer: Any, mmap: bool) -> None:
-    """Kiln's resume of a .pt under FSDP: load_checkpoint (or torch.load mmap=True), model, optimizer."""
+def load_file_checkpoint(manager: CheckpointManager, path: Path, state: TrainingState, mmap: bool) -> None:
+    """Kiln's resume of a .pt under FSDP: load_checkpoint (or torch.load mmap=True), then the format loads model and optimizer."""
     if mmap:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     else:
         checkpoint = manager.load_checkpoint(path)
-    load_model_state(model, checkpoint["model"], strict=True, source=f"resume_path {path}")
-    distributed.load_optimizer_state(model, optimizer, checkpoint["optimizer"])
+    FileFormat.load_model(checkpoint, path, state)
+    FileFormat.load_optimizer(checkpoint, path, state)
 
 
-def load_sharded_checkpoint(manager: CheckpointManager, path: Path, model: Any, optimizer: Any) -> None:
-    """Kiln's resume of a .dcp: load_checkpoint (kiln_state.pt), then restore_parts into the live shards."""
-    state = manager.load_checkpoint(path)
-    sharded.restore_parts(state, model, optimizer, None)
+def load_sharded_checkpoint(manager: CheckpointManager, path: Path, state: TrainingState) -> None:
+    """Kiln's resume of a .dcp: load_checkpoint (kiln_state.pt), then the DCP load into the live shards."""
+    checkpoint = manager.load_checkpoint(path)
+    ShardedFormat.load_model(checkpoint, path, state)
+    ShardedFormat.load_optimizer(checkpoint, path, state)
 
 
 def timed_load(load: Any, model: Any, optimizer: Any, expected: torch.Tensor, dist: distributed.Distributed) -> dict[str, Any]:
@@ -311,47 +300,47 @@ def clean(path: Path, dist: distributed.Distributed) -> None:
     """Rank 0 deletes the experiment's files under `path` and syncs the disk; every rank waits."""
     if dist.is_main:
         for item in sorted(path.glob(f"{NAME}_*")):
-            sharded.remove(item) if item.is_dir() else item.unlink()
+            shutil.rmtree(item) if item.is_dir() else item.unlink()
         os.sync()
     dist.barrier()
 
 
 def run_formats(model: Any, optimizer: Any, dist: distributed.Distributed, scratch: Path) -> dict[str, dict[str, Any]]:
     """Every measurement for this rank: {format: figures}."""
-    source = Source(model, optimizer, dist)
+    state = training_state(model, optimizer, dist)
     expected = checksum(model, optimizer)
     results: dict[str, dict[str, Any]] = {}
 
     directory = scratch / "file"
     manager = CheckpointManager(directory, NAME, fmt="file", dist=dist)
-    results["file"] = timed_save(manager, source, dist)
+    results["file"] = timed_save(manager, state, dist)
     pt = manager.path(TAG, ".pt")
     results["file"]["bytes"] = pt.stat().st_size + manager.path(TAG, ".pth").stat().st_size if dist.is_main else 0
     # The mmap variant first: after it the optimizer's `step` tensors (not DTensors, so kept as loaded) are slices
     # of the memory-mapped file and keep the whole mapping, with every page a rank touched, resident until the
     # next load replaces them; Kiln's own load (plain torch.load) comes last and drops it.
-    mmap = timed_load(lambda: load_file_checkpoint(manager, pt, model, optimizer, True), model, optimizer, expected, dist)
-    plain = timed_load(lambda: load_file_checkpoint(manager, pt, model, optimizer, False), model, optimizer, expected, dist)
+    mmap = timed_load(lambda: load_file_checkpoint(manager, pt, state, True), model, optimizer, expected, dist)
+    plain = timed_load(lambda: load_file_checkpoint(manager, pt, state, False), model, optimizer, expected, dist)
     results["file"].update(plain)
     results["file (mmap load)"] = {"load_s": mmap["load_s"], "load_mem": mmap["load_mem"], "load_ok": mmap["load_ok"]}
     clean(directory, dist)
 
     directory = scratch / "sharded"
     manager = CheckpointManager(directory, NAME, fmt="sharded", dist=dist)
-    results["sharded"] = timed_save(manager, source, dist)
-    dcp_path = manager.path(TAG, sharded.SUFFIX)
-    results["sharded"]["bytes"] = sharded.describe_size(dcp_path) if dist.is_main else 0
+    results["sharded"] = timed_save(manager, state, dist)
+    dcp_path = manager.path(TAG, dcp.SUFFIX)
+    results["sharded"]["bytes"] = dcp.describe_size(dcp_path) if dist.is_main else 0
     results["sharded"].update(
-        timed_load(lambda: load_sharded_checkpoint(manager, dcp_path, model, optimizer), model, optimizer, expected, dist)
+        timed_load(lambda: load_sharded_checkpoint(manager, dcp_path, state), model, optimizer, expected, dist)
     )
     clean(directory, dist)
 
     directory = scratch / "async"
     manager = CheckpointManager(directory, NAME, background=True, fmt="sharded", dist=dist)  # its gloo group: not timed
-    results["sharded async"] = timed_save(manager, source, dist)
-    dcp_path = manager.path(TAG, sharded.SUFFIX)
+    results["sharded async"] = timed_save(manager, state, dist)
+    dcp_path = manager.path(TAG, dcp.SUFFIX)
     results["sharded async"].update(
-        timed_load(lambda: load_sharded_checkpoint(manager, dcp_path, model, optimizer), model, optimizer, expected, dist)
+        timed_load(lambda: load_sharded_checkpoint(manager, dcp_path, state), model, optimizer, expected, dist)
     )
     clean(directory, dist)
     return results
@@ -450,8 +439,11 @@ def main() -> None:
     Path(args.dir).mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     with tempfile.TemporaryDirectory(prefix="kiln-bench-sharded-", dir=args.dir) as scratch:
+        # The ranks get their options spelled out: torchrun's own parser would read `--nproc` after
+        # the script as an abbreviation of its --nproc-per-node and refuse it as ambiguous.
+        sizes = [f"--{name}={value}" for name, value in (("layers", args.layers), ("width", args.width)) if value is not None]
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-                   str(Path(__file__).resolve()), *sys.argv[1:], "--scratch", scratch]
+                   str(Path(__file__).resolve()), f"--size={args.size}", f"--dir={args.dir}", *sizes, "--scratch", scratch]
         code = subprocess.call(command, env=env)
     sys.exit(code)
 

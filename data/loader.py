@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
 from data.sampler import ResumableBatchSampler
+from trainer.errors import first_line
 from utils.seed import isolated_rng, sample_seeds, seed_sample
 
 
@@ -89,10 +90,7 @@ def describe_error(error: BaseException) -> str:
         if found:
             kind, message = found[-1]["type"].rsplit(".", 1)[-1], found[-1]["message"]
             return message if kind == SampleError.__name__ else f"{kind}: {message}"
-    lines = text.strip().splitlines()
-    if isinstance(error, SampleError):
-        return lines[0]
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return first_line(error, strip=True, with_type=not isinstance(error, SampleError))
 
 
 def _empty_like(batch: Any) -> Any:

@@ -18,7 +18,8 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Dataset
 
-from trainer.registry import DATASETS, _suggest
+from trainer.errors import did_you_mean, first_line
+from trainer.registry import DATASETS
 from utils.seed import isolated_rng
 
 DEFAULT_ROOT = "data_cache"  # relative to the working directory; git-ignore it or point root elsewhere
@@ -67,7 +68,9 @@ def _build_one(spec: Any, where: str) -> Callable:
     name = spec["type"]
     known = transform_names()
     if name not in known:
-        hint = _suggest(name, known) or f"any torchvision.transforms.v2 class works, such as {', '.join(known[:3])}"
+        hint = did_you_mean(name, known, n=3, cutoff=0.5, ignore_case=True) or (
+            f"any torchvision.transforms.v2 class works, such as {', '.join(known[:3])}"
+        )
         raise ValueError(f"{where}: unknown transform {name!r}; {hint}")
     kwargs = {key: _yaml_to_argument(key, value, f"{where}.{key}") for key, value in spec.items() if key != "type"}
     try:
@@ -127,7 +130,7 @@ class _TorchvisionClassification(Dataset):
 
     def _open_failed(self, root: str, download: bool, error: Exception) -> str:
         """Why torchvision could not open the dataset, and what to do about it."""
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error, strip=True)
         if download:  # MNIST reports a failed download of every mirror as a RuntimeError
             return (
                 f"downloading {self.source} into {root} failed ({reason}); "

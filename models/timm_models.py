@@ -14,7 +14,6 @@ like any other weights file.
 
 from __future__ import annotations
 
-import difflib
 import functools
 from collections.abc import Callable
 from types import ModuleType
@@ -22,7 +21,7 @@ from typing import Any
 
 from torch import nn
 
-from trainer.errors import InputError
+from trainer.errors import InputError, did_you_mean
 
 PREFIX = "timm"  # the registry namespace: `type: timm/<name>`
 PIP = "pip install timm"
@@ -67,10 +66,9 @@ def _import_timm(name: str) -> ModuleType:
 
 def _suggest(timm: ModuleType, name: str) -> str:
     """'did you mean ...?' with timm's nearest names, or where to look them up."""
-    close = difflib.get_close_matches(name.lower(), timm.list_models(), n=3, cutoff=0.6)
-    if close:
-        return f"did you mean {' or '.join(f'{PREFIX}/{match}' for match in close)}?"
-    return "timm.list_models('*pattern*') lists the names it has"
+    return did_you_mean(name.lower(), timm.list_models(), n=3, prefix=f"{PREFIX}/") or (
+        "timm.list_models('*pattern*') lists the names it has"
+    )
 
 
 def _check_tag(timm: ModuleType, name: str) -> None:

@@ -39,7 +39,7 @@ from fsspec.callbacks import Callback  # noqa: E402
 from utils.cli import OneLineErrorParser, run_tool  # noqa: E402  (needs the repo root on sys.path)
 
 CHECKPOINT = re.compile(r"^(?P<name>.+)_(?P<tag>iter_(?P<iteration>\d+)|best)(?P<suffix>\.[A-Za-z0-9]+)$")
-# As trainer/checkpoint/sharded.py names them (not imported: that would import torch for two strings).
+# As trainer/checkpoint/dcp.py names them (not imported: that would import torch for two strings).
 METADATA_FILE = ".metadata"
 STATE_FILE = "kiln_state.pt"
 DCP = ".dcp"
@@ -242,16 +242,15 @@ def _suffix(stem: str, rel: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Parse, run the command, report; exit 2 with one line on a bad input, 1 on a failed copy."""
     args = parse_args(argv)
-    from trainer.errors import InputError
+    from trainer.errors import REPORTED_ERRORS, report_error
 
     try:
         if args.command == "ls":
             print(listing(args.url, args.name))
             return 0
         copied, size, unchanged = transfer(args.command, args.src, args.dst, args.name)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except REPORTED_ERRORS as error:
+        return report_error(error)
     except OSError as error:  # the network or a disk failed mid-copy: what was copied is whole
         print(f"error: {error}", file=sys.stderr)
         return 1

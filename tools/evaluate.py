@@ -95,9 +95,10 @@ def load_weights_into(model: Any, path: str, config: Any) -> None:
     not, as for a foreign state dict. (digits_finetune renames the pretrained head away: its
     rule would break its own outputs.)
     """
-    from trainer.checkpoint import extract_weights, load_file, load_model_state, revise_keys
+    from trainer.checkpoint import extract_weights, load_model_state, read_whole, revise_keys
 
-    state = extract_weights(load_file(path, "--weights"), config.pretrain_key, path, "--weights")
+    # read as every path is (trainer/checkpoint/readers.py): a file, a URL, or a sharded .dcp directory
+    state = extract_weights(read_whole(path, "--weights"), config.pretrain_key, path, "--weights")
     revised = revise_keys(state, [])  # strips DDP `module.` / compile `_orig_mod.` prefixes only
     if config.pretrain_revise_keys and set(revised) != set(model.state_dict()):
         revised = revise_keys(state, config.pretrain_revise_keys)
@@ -131,13 +132,12 @@ def table(results: dict[str, float], extras: dict[str, float]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Parse, evaluate, print the table and the JSON line; exit 2 with one line on a bad input."""
     args = parse_args(argv)  # before importing torch, so --help stays fast
-    from trainer.errors import InputError
+    from trainer.errors import REPORTED_ERRORS, report_error
 
     try:
         results, extras, what = evaluate_weights(args.config, args.weights, args.overrides)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except REPORTED_ERRORS as error:
+        return report_error(error)
     print(f"evaluated {what}")
     print(table(results, extras))
     print(json.dumps(results))  # the last line: machine-readable

@@ -106,7 +106,7 @@ def write_safetensors(weights: dict, target: Path, source: Path) -> None:
 
 def export(checkpoint: str, output: str | None, fmt: str, force: bool) -> tuple[Path, str, int]:
     """Write the weights of `checkpoint`; return (written path, what they were, tensor count)."""
-    from trainer.checkpoint import load_file, sharded
+    from trainer.checkpoint import KEY_FORMAT, KEY_OPTIMIZER, read_whole
     from trainer.checkpoint.storage import basename, is_url, local_copy
     from trainer.errors import InputError
 
@@ -116,8 +116,8 @@ def export(checkpoint: str, output: str | None, fmt: str, force: bool) -> tuple[
         with local_copy(checkpoint, "checkpoint") as local:
             return export(str(local), output or str(Path(basename(checkpoint)).with_suffix(SUFFIXES[fmt])), fmt, force)
     source = Path(checkpoint)
-    obj = sharded.consolidate(source) if sharded.is_sharded_checkpoint(source) else load_file(source, "checkpoint")
-    if fmt == "pt" and not (isinstance(obj, dict) and sharded.KEY_OPTIMIZER in obj and "format_version" in obj):
+    obj = read_whole(source, "checkpoint")  # a sharded .dcp directory: consolidated
+    if fmt == "pt" and not (isinstance(obj, dict) and KEY_OPTIMIZER in obj and KEY_FORMAT in obj):
         raise InputError(f"--format pt needs a full checkpoint (a .pt or a sharded .dcp directory); {source} holds weights only")
     try:
         weights, what = weights_of(obj, source)
@@ -146,13 +146,12 @@ def export(checkpoint: str, output: str | None, fmt: str, force: bool) -> tuple[
 def main(argv: list[str] | None = None) -> int:
     """Parse, export, report; exit 2 with one line on a bad input."""
     args = parse_args(argv)  # before importing torch, so --help stays fast
-    from trainer.errors import InputError
+    from trainer.errors import REPORTED_ERRORS, report_error
 
     try:
         target, what, count = export(args.checkpoint, args.output, args.format, args.force)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except REPORTED_ERRORS as error:
+        return report_error(error)
     except OSError as error:  # a full disk or a read-only folder: nothing was left under the final name
         print(f"error: could not write {error.filename or args.output} ({error.strerror or error})", file=sys.stderr)
         return 1

@@ -65,7 +65,7 @@ def _positive(text: str) -> int:
 def load_model_and_tokenizer(config_path: str, weights: str, overrides: list[str]) -> tuple[Any, Any, Any]:
     """(model in eval mode on its device, the run's tokenizer, device) for `weights` and the config."""
     from trainer.build import import_plugins
-    from trainer.checkpoint import CheckpointManager, load_model_state
+    from trainer.checkpoint import load_model_state, read_weights
     from trainer.config import load_config
     from trainer.distributed.device import resolve_device
     from trainer.errors import InputError
@@ -83,8 +83,7 @@ def load_model_and_tokenizer(config_path: str, weights: str, overrides: list[str
         raise InputError(f"config key data.train: {config.data.train.type} has no tokenizer; sampling needs a text dataset")
     if hasattr(model, "check_data"):
         model.check_data(dataset, key="data.train")
-    manager = CheckpointManager(config.checkpoint.dir, config.name)  # reads only the file it is given
-    state = manager.load_weights(weights, "auto", [], what="--weights")  # a .pth's params, a .pt's model, or a state dict
+    state = read_weights(weights, "auto", [], what="--weights")  # a .pth's params, a .pt's model, or a state dict
     fix = "pass the config the weights were trained with"
     load_model_state(model, state, strict=True, source=f"--weights {weights}", fix=fix)
     return model.to(device).eval(), tokenizer, device
@@ -135,13 +134,12 @@ def token_bytes(tokenizer: Any, token: int) -> bytes:
 def main(argv: list[str] | None = None) -> int:
     """Parse, sample, stream; exit 2 with one line on a bad input."""
     args = parse_args(argv)  # before importing torch, so --help stays fast
-    from trainer.errors import InputError
+    from trainer.errors import REPORTED_ERRORS, report_error
 
     try:
         stream(args)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except REPORTED_ERRORS as error:
+        return report_error(error)
     return 0
 
 

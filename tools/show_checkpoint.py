@@ -46,11 +46,11 @@ def describe(path: Path) -> tuple[list[tuple[str, str]], dict | None]:
         KEY_MODEL,
         KEY_WEIGHTS,
         load_file,
-        sharded,
     )
+    from trainer.checkpoint.formats import format_of
     from trainer.errors import InputError
 
-    if sharded.is_sharded_checkpoint(path):
+    if format_of(path).is_directory:  # trainer/checkpoint/formats: a sharded .dcp directory
         return _describe_sharded(path)
     if not path.is_file():
         raise InputError(f"checkpoint {path} does not exist; check the path")
@@ -97,19 +97,19 @@ def describe_location(location: str) -> tuple[list[tuple[str, str]], dict | None
 
 def _describe_sharded(path: Path) -> tuple[list[tuple[str, str]], dict | None]:
     """Rows for a sharded checkpoint directory: complete or not, who saved it, what it holds."""
-    from trainer.checkpoint import KEY_BEST, KEY_CONFIG, KEY_EPOCH, KEY_ITERATION, load_file, sharded
+    from trainer.checkpoint import KEY_BEST, KEY_CONFIG, KEY_EPOCH, KEY_ITERATION, dcp, load_file
 
-    size = f"{path} ({sharded.describe_size(path) / 1e6:.2f} MB in {sum(1 for _ in path.iterdir())} files)"
-    if sharded.is_complete(path):
+    size = f"{path} ({dcp.describe_size(path) / 1e6:.2f} MB in {sum(1 for _ in path.iterdir())} files)"
+    if dcp.is_complete(path):
         status = "complete"
     else:
-        missing = sharded.METADATA_FILE if (path / sharded.STATE_FILE).is_file() else sharded.STATE_FILE
+        missing = dcp.METADATA_FILE if (path / dcp.STATE_FILE).is_file() else dcp.STATE_FILE
         status = f"incomplete (no {missing}: its save did not finish; never resumed from)"
     rows = [("file", size), ("format", f"sharded checkpoint (torch.distributed.checkpoint), {status}")]
-    if not (path / sharded.STATE_FILE).is_file():
+    if not (path / dcp.STATE_FILE).is_file():
         return rows, None
-    state = load_file(path / sharded.STATE_FILE, "checkpoint")
-    processes = state.get(sharded.KEY_WORLD_SIZE, "?")
+    state = load_file(path / dcp.STATE_FILE, "checkpoint")
+    processes = state.get(dcp.KEY_WORLD_SIZE, "?")
     rows += [
         ("saved by", f"{processes} process{'es' if processes != 1 else ''} (resumes on any number)"),
         ("iteration", str(state.get(KEY_ITERATION, "?"))),
@@ -117,7 +117,7 @@ def _describe_sharded(path: Path) -> tuple[list[tuple[str, str]], dict | None]:
         ("best", best_text(state.get(KEY_BEST) or {})),
     ]
     if status == "complete":
-        shapes = sharded.model_shapes(path)
+        shapes = dcp.model_shapes(path)
         count = sum(_numel(shape) for shape in shapes.values())
         rows.append(("parameters", f"{count:,} in {len(shapes)} tensors (model)"))
     return rows, state.get(KEY_CONFIG)
@@ -205,13 +205,12 @@ def render(rows: list[tuple[str, str]], config: dict | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Parse, describe, print; exit 2 with one line on a bad input."""
     args = parse_args(argv)  # before importing torch, so --help stays fast
-    from trainer.errors import InputError
+    from trainer.errors import REPORTED_ERRORS, report_error
 
     try:
         rows, config = describe_location(args.path)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except REPORTED_ERRORS as error:
+        return report_error(error)
     print(render(rows, config))
     return 0
 

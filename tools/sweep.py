@@ -49,20 +49,18 @@ def _positive(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Parse, validate the sweep, run or report it; exit 2 with one line on a bad input."""
     args = parse_args(argv)
-    from trainer.errors import InputError
+    from trainer.errors import REPORTED_ERRORS, report_error
     from trainer.sweep.runner import report_sweep, run_sweep
     from trainer.sweep.spec import load_sweep
     from trainer.sweep.study import check_options, import_optuna
-    from utils import console
 
     try:
         import_optuna()  # first: without it nothing else can be checked usefully
         spec = load_sweep(args.config, args.overrides)
         check_options(spec)  # options Optuna refuses: before anything is written
         return report_sweep(spec) if args.report else run_sweep(spec, args.jobs)
-    except InputError as error:
-        console.write(sys.stderr, f"error: {error}\n")
-        return 2
+    except REPORTED_ERRORS as error:
+        return report_error(error)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def load_model(config_path: str, weights_path: str) -> tuple[nn.Module, torch.device]:
     """The config's model with the weights loaded strictly, in eval mode on the config's device."""
     from trainer.build import import_plugins
-    from trainer.checkpoint import CheckpointManager, load_model_state
+    from trainer.checkpoint import load_model_state, read_weights
     from trainer.config import load_config
     from trainer.distributed.device import resolve_device
     from trainer.registry import MODELS, build
@@ -48,7 +48,7 @@ def load_model(config_path: str, weights_path: str) -> tuple[nn.Module, torch.de
     import_plugins(config.imports)  # registers Kiln's models and the config's own plugins
     device = resolve_device(config.device)
     model = build(MODELS, config.model, key="model")
-    state = CheckpointManager(config.checkpoint.dir, config.name).load_weights(weights_path, "auto", [])
+    state = read_weights(weights_path, "auto", [])
     load_model_state(model, state, strict=True, source=f"--weights {weights_path}", fix="pass weights trained with this config")
     return model.to(device).eval(), device
 
@@ -100,14 +100,14 @@ def check_is_sr(model: nn.Module, device: torch.device, config_path: str) -> Non
     """InputError unless the model maps a (1, 3, h, w) image to a larger (1, 3, H, W) one."""
     import torch
 
-    from trainer.errors import InputError
+    from trainer.errors import InputError, first_line
 
     probe = torch.zeros(1, 3, 8, 8, device=device)
     try:
         with torch.no_grad():
             shape = tuple(model(probe).shape)
     except Exception as error:  # noqa: BLE001 - any failure means: not an RGB image-to-image model
-        shape = f"an error ({(str(error).splitlines() or [type(error).__name__])[0]})"
+        shape = f"an error ({first_line(error)})"
     if not (isinstance(shape, tuple) and len(shape) == 4 and shape[:2] == (1, 3) and shape[2] > 8 and shape[3] > 8):
         raise InputError(
             f"config {config_path} is not a super-resolution model: for a (1, 3, 8, 8) image it gives {shape}, not a "
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from data.sr import load_rgb
     from trainer.checkpoint.storage import is_url
-    from trainer.errors import InputError
+    from trainer.errors import REPORTED_ERRORS, InputError, report_error
 
     try:
         if not Path(args.image).is_file():
@@ -150,9 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             save_image(output, args.output, fmt)
         except OSError as error:
             raise InputError(f"cannot write {args.output} ({error.strerror or error}); check the -o path") from None
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except REPORTED_ERRORS as error:
+        return report_error(error)
     print(f"wrote {args.output}: {tuple(image.shape[-2:])} -> {tuple(output.shape[-2:])}")
     return 0
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     pass
@@ -30,3 +30,16 @@ class Stop:
 
 
 ValidationCallback = Callable[[int, dict[str, float]], "Stop | None"]
+
+
+def ask_callbacks(callbacks: list[ValidationCallback], iteration: int, results: dict[str, float], dist: Any) -> Stop | None:
+    """Hand this validation to every callback; the first Stop any of them asks for.
+
+    Under torchrun rank 0's answer is every rank's (one small collective per validation, only
+    when there are callbacks), so that all of them stop at this same iteration.
+    """
+    if not callbacks:
+        return None
+    requests = [callback(iteration, dict(results)) for callback in callbacks]
+    stop = next((request for request in requests if request is not None), None)
+    return dist.gather_objects(stop)[0] if dist.enabled else stop

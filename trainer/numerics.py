@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -10,6 +11,42 @@ from torch import nn
 from trainer.errors import InputError
 
 FIXES = "lower optimizer.lr, set train.grad_clip, or use amp bf16 instead of fp16"
+
+
+class RecentLosses:
+    """The losses of the steps since the last log line, kept on the device: no host sync, no
+    device op per step. The next log reads them all at once (and the non-finite check scans
+    them); a checkpoint keeps them, so a resumed run logs the same mean loss."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._losses: list[torch.Tensor] = []  # at most logging.interval: each log empties it
+
+    def append(self, loss: torch.Tensor) -> None:
+        """Keep one step's loss (a device tensor)."""
+        self._losses.append(loss)
+
+    def stacked(self, float32: bool = True) -> torch.Tensor:
+        """The kept losses as one (float32) tensor on the device; empty when there are none."""
+        if not self._losses:
+            return torch.zeros(0, device=self.device)
+        losses = torch.stack(self._losses)
+        return losses.float() if float32 else losses
+
+    def take_mean(self, all_reduce_sum: Callable[[torch.Tensor], torch.Tensor], world_size: int) -> float:
+        """The mean of the finite losses over every rank (the one sync per logging interval); empties the buffer.
+
+        Steps that nan_policy skip skipped are left out of the mean.
+        """
+        losses = self.stacked()
+        finite = torch.isfinite(losses)
+        mean_loss = torch.where(finite, losses, 0).sum() / finite.sum()
+        self._losses.clear()
+        return (all_reduce_sum(mean_loss) / world_size).item()
+
+    def restore(self, saved: torch.Tensor) -> None:
+        """Take back the losses a checkpoint kept (`stacked(float32=False)` on the host)."""
+        self._losses = list(saved.to(self.device).unbind())
 
 
 class NonFiniteGuard:

@@ -4,7 +4,6 @@ val.metric at each validation; composites such as SequentialLR built from nested
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import re
 from collections.abc import Callable, Iterable
@@ -15,7 +14,7 @@ import torch
 from torch import nn
 
 from trainer.config.schema import Component, Config
-from trainer.errors import InputError
+from trainer.errors import InputError, did_you_mean
 from trainer.registry import OPTIMIZERS, SCHEDULERS, build
 
 # Keys that pick how an optimizer computes its step, not what it computes.
@@ -143,8 +142,8 @@ def _parse_group(group: dict, key: str, accepted: list[str] | None) -> tuple[Gro
             )
         if accepted is not None and name not in accepted:
             overridable = [argument for argument in accepted if argument not in _OPTIMIZER_WIDE]
-            near = difflib.get_close_matches(str(name), [*SELECTORS, *overridable], n=1, cutoff=0.6)
-            hint = f" (did you mean {near[0]}?)" if near else ""
+            near = did_you_mean(str(name), [*SELECTORS, *overridable])
+            hint = f" ({near})" if near else ""
             raise InputError(
                 f"config key {key}.{name}: unknown key{hint}; a group selects parameters with {', '.join(SELECTORS)} "
                 f"and overrides the optimizer's arguments ({', '.join(overridable)})"

@@ -12,7 +12,6 @@ the kind's namespace of that prefix (models: `timm/<name>`, any of timm's models
 from __future__ import annotations
 
 import copy
-import difflib
 import importlib
 import inspect
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from types import ModuleType
 from typing import Any
 
 from trainer.config.schema import Component
-from trainer.errors import InputError
+from trainer.errors import InputError, did_you_mean
 
 
 class Registry:
@@ -83,20 +82,15 @@ class Registry:
         if name in builders:
             return builders[name]
         # The builders were imported for this lookup anyway, so their names join the suggestions.
-        hint = _suggest(name, self.names() + list(builders)) or "register it or give a dotted path such as mypkg.module.Class"
+        hint = did_you_mean(name, self.names() + list(builders), n=3, cutoff=0.5, ignore_case=True) or (
+            "register it or give a dotted path such as mypkg.module.Class"
+        )
         raise InputError(f"unknown {self.kind} type {name!r}; {hint}")
 
 
 def _is_torch_class(value: object) -> bool:
     """A class defined by torch itself (not `collections.Counter` imported into a torch module)."""
     return inspect.isclass(value) and value.__module__.startswith("torch")
-
-
-def _suggest(name: str, known: list[str]) -> str:
-    """'did you mean X?' for the known names nearest to `name`, ignoring case; '' if none is near."""
-    by_lower = {candidate.lower(): candidate for candidate in known}
-    close = difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.5)
-    return f"did you mean {' or '.join(by_lower[c] for c in close)}?" if close else ""
 
 
 def _import_dotted(path: str, kind: str) -> Callable:
@@ -151,7 +145,7 @@ def _check_arguments(target: Callable, args: tuple, kwargs: dict, what: str) -> 
     unknown = [name for name in kwargs if name not in parameters] if not takes_any else []
     if unknown:
         # Named before any missing argument: `out: 3` is a typo of out_features, report `out`.
-        near = _suggest(unknown[0], accepted)
+        near = did_you_mean(unknown[0], accepted, n=3, cutoff=0.5, ignore_case=True)
         raise InputError(
             f"{what}: got an unexpected keyword argument {unknown[0]!r}{f' ({near})' if near else ''}; "
             f"it accepts {', '.join(accepted) or 'no arguments'}"

@@ -76,7 +76,7 @@ def sample_seeds(seed: int, epoch: int, indices: torch.Tensor) -> torch.Tensor:
     """One seed in [0, 2**31) per sample, a pure function of (seed, epoch, sample index).
 
     Augmentation draws from these, so a sample gets the same random transform whatever the
-    number of workers and wherever a run was resumed (DESIGN.md section 1).
+    number of workers and wherever a run was resumed (docs/architecture.md).
     """
     prefix = _mix((_mix(seed % _PRIME) + epoch) % _PRIME)
     return _mix((indices.to(torch.int64) + prefix) % _PRIME)

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 
 from data.packaged import load_digits_arrays, sample_photo_paths
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def test_the_digits_are_exactly_load_digits():

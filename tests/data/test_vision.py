@@ -19,8 +19,7 @@ from PIL import Image
 import data  # noqa: F401  (registers Kiln's datasets)
 from data.loader import BatchFetcher
 from data.vision import CIFAR10, MNIST, FashionMNIST, ImageFolder, build_transform
-from tests.conftest import tiny_config
-from tests.helpers import train_in_process
+from tests.helpers import tiny_config, train_in_process
 from trainer.config import Component
 from trainer.errors import InputError
 from trainer.registry import DATASETS, build

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 import train
-from tests.conftest import assert_bitwise_equal, tiny_config, write_config
+from tests.helpers import assert_bitwise_equal, tiny_config, write_config
 from trainer.config import Component, config_from_dict
 from trainer.errors import InputError
 from trainer.registry import MODELS, build

@@ -15,7 +15,7 @@ import torchvision
 
 import models  # noqa: F401  (registers Kiln's models)
 from models.simple_cnn import SimpleCNN
-from tests.conftest import REPO
+from tests.helpers import REPO
 from trainer.config import Component
 from trainer.errors import InputError
 from trainer.registry import MODELS, Registry, build

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import tiny_config, write_config
+from tests.helpers import tiny_config, write_config
 from trainer import run
 from trainer.callbacks import Stop
 from trainer.config import load_config

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import assert_bitwise_equal, load_params, tiny_config
-from tests.helpers import train_in_dir
+from tests.helpers import assert_bitwise_equal, load_params, tiny_config, train_in_dir
 
 # 44 batches per epoch at batch 32: the save at 15 is mid-epoch; the run crosses no epoch end,
 # the accumulate case (3 micro-batches a step) crosses one.

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import run_train, tiny_config, write_config
-from tests.helpers import train_in_process
+from tests.helpers import run_train, tiny_config, train_in_process, write_config
 from trainer.errors import InputError, TrainingError
 
 FLAKY_LOSS = '''

@@ -10,8 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import assert_bitwise_equal, load_params, tiny_config, write_config
-from tests.helpers import train_in_dir, train_in_process
+from tests.helpers import assert_bitwise_equal, load_params, tiny_config, train_in_dir, train_in_process, write_config
 from trainer.config import Component, TrainConfig, load_config
 from trainer.errors import InputError
 from trainer.numerics import NonFiniteGuard

@@ -21,7 +21,7 @@ import models  # noqa: F401  (registers Kiln's models)
 import trainer.evaluation.metrics  # noqa: F401  (registers Kiln's metrics)
 from data.digits import Digits
 from models.simple_cnn import MLP, SimpleCNN
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 from trainer.config import Component, config_from_dict
 from trainer.errors import InputError
 from trainer.evaluation.metrics import Accuracy

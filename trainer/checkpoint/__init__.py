@@ -5,6 +5,8 @@
 - `layout.py`: the keys and the layout of a full checkpoint (`make_checkpoint`), clean keys.
 - `formats/`: one class per on-disk format behind one small interface (`file`: .pt + .pth;
   `sharded`: a torch.distributed.checkpoint .dcp directory); formats never import the manager.
+- `files.py`: reading one file safely (torch.load weights_only, safetensors, a URL's download).
+- `dcp.py`: reading torch.distributed.checkpoint directories safely (allowlisted metadata).
 - `readers.py`: the one place that decides how a path is read (URL, .dcp, .pt/.pth,
   safetensors, a Hugging Face folder), used by resume, pretrain and every tool.
 - `loading.py`: loading a state dict into a model, with the report of what did not match.
@@ -17,7 +19,8 @@ the Trainer, the Logger or the guards. Every read is `torch.load(weights_only=Tr
 safetensors: checkpoint files are untrusted input.
 """
 
-from trainer.checkpoint.manager import (
+from trainer.checkpoint.files import load_file
+from trainer.checkpoint.layout import (
     AUTO_WEIGHT_KEYS,
     FORMAT_VERSION,
     KEY_BEST,
@@ -30,16 +33,14 @@ from trainer.checkpoint.manager import (
     KEY_RUN_ID,
     KEY_SCHEDULER,
     KEY_WEIGHTS,
-    CheckpointManager,
-    LoadReport,
+    TrainingState,
     clean_state_dict,
-    extract_weights,
-    load_file,
-    load_model_state,
     make_checkpoint,
-    revise_keys,
-    to_host,
 )
+from trainer.checkpoint.loading import LoadReport, load_model_state
+from trainer.checkpoint.manager import CheckpointManager
+from trainer.checkpoint.readers import extract_weights, read_checkpoint, read_weights, read_whole, revise_keys
+from trainer.checkpoint.writer import to_host
 
 __all__ = [
     "AUTO_WEIGHT_KEYS",
@@ -56,11 +57,15 @@ __all__ = [
     "KEY_WEIGHTS",
     "CheckpointManager",
     "LoadReport",
+    "TrainingState",
     "clean_state_dict",
     "extract_weights",
     "load_file",
     "load_model_state",
     "make_checkpoint",
     "revise_keys",
+    "read_checkpoint",
+    "read_weights",
+    "read_whole",
     "to_host",
 ]

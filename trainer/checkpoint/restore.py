@@ -1,5 +1,6 @@
-"""Where a run starts from: a checkpoint to resume, pretrained weights, or a fresh start that
-moves an earlier run's files aside."""
+"""Where a run starts from: a checkpoint to resume (found, checked against the config, loaded
+into the live objects by its format), or pretrained weights. Moving an earlier run's files aside
+is trainer/guards/outputs.py's."""
 
 from __future__ import annotations
 
@@ -10,19 +11,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainer.checkpoint import sharded as sharded_format
-from trainer.checkpoint.manager import (
-    KEY_CONFIG,
-    KEY_ITERATION,
-    KEY_MODEL,
-    KEY_OPTIMIZER,
-    KEY_SCHEDULER,
-    CheckpointManager,
-    load_model_state,
-)
+from trainer.checkpoint.formats import format_of
+from trainer.checkpoint.layout import KEY_CONFIG, KEY_ITERATION, KEY_SCHEDULER, TrainingState
+from trainer.checkpoint.loading import load_model_state
+from trainer.checkpoint.manager import CheckpointManager
+from trainer.checkpoint.readers import read_weights
 from trainer.checkpoint.storage import as_location
 from trainer.config.schema import Config, config_changes
-from trainer.distributed import process as distributed
+from trainer.distributed.strategy import SingleDevice
 from trainer.errors import InputError
 from trainer.optim import IMPLEMENTATION_KEYS, load_keeping_implementation
 
@@ -56,33 +52,17 @@ def find_checkpoint(
     return None, None, []
 
 
-def restore_components(
-    checkpoint: dict[str, Any],
-    path: Path,
-    *,
-    config: Config,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any | None,
-    sharded: bool,
-    ema: nn.Module | None = None,
-) -> bool:
-    """Load the model, optimizer and scheduler states of a full checkpoint; InputError if they do not fit.
+def restore_components(checkpoint: dict[str, Any], path: Path | str, *, config: Config, state: TrainingState) -> bool:
+    """Load the model, optimizer and scheduler states of a full checkpoint into the live objects
+    of `state` (its format says how); InputError if they do not fit.
 
     Returns whether the config's schedule took over (resume_schedule: extend with a changed
     schedule): then the optimizer keeps its checkpointed state (moments, step counts) but takes
     the config's settings, and the config's scheduler is advanced to the checkpoint's
     iteration instead of loaded.
     """
-    in_shards = sharded_format.KEY_SHARDED in checkpoint  # a .dcp: its tensors load below, into the live shards
-    if not in_shards:
-        load_model_state(
-            model,
-            checkpoint[KEY_MODEL],
-            strict=True,
-            source=f"resume_path {path}",
-            fix="resume with the model config the run was started with (pretrain_path takes weights into another model)",
-        )
+    checkpoint_format = format_of(path)
+    checkpoint_format.load_model(checkpoint, path, state)
     saved_optimizer = checkpoint[KEY_CONFIG].get("optimizer", {}).get("type")
     if saved_optimizer != config.optimizer.type:
         raise InputError(
@@ -91,16 +71,10 @@ def restore_components(
             "weights with pretrain_path"
         )
     take_over_schedule = bool(schedule_changes(checkpoint, config, path))
+    optimizer, scheduler = state.optimizer, state.scheduler
     configured = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
     try:
-        if in_shards:  # DCP reshards onto any strategy and world size
-            load_keeping_implementation(optimizer, lambda: sharded_format.restore_parts(checkpoint, model, optimizer, ema))
-        else:
-            if distributed.keyed_by_name(checkpoint[KEY_OPTIMIZER]) != sharded:
-                raise ValueError("it was saved with another train.strategy (fsdp keys the state by name)")
-            load_keeping_implementation(
-                optimizer, lambda: distributed.load_optimizer_state(model, optimizer, checkpoint[KEY_OPTIMIZER])
-            )
+        load_keeping_implementation(optimizer, lambda: checkpoint_format.load_optimizer(checkpoint, path, state))
         if take_over_schedule:
             _take_over_schedule(optimizer, configured, scheduler, checkpoint[KEY_ITERATION])
         elif scheduler is not None and checkpoint[KEY_SCHEDULER] is not None:
@@ -193,11 +167,12 @@ def resume_notes(
     return notes
 
 
-def load_pretrained(model: nn.Module, config: Config, checkpoints: CheckpointManager) -> list[str]:
+def load_pretrained(model: nn.Module, config: Config, strategy: SingleDevice | None = None) -> list[str]:
     """Load model weights from `pretrain_path` (fresh optimizer, iteration 0); return log notes."""
     if not config.pretrain_path:
         return []
-    state = checkpoints.load_weights(config.pretrain_path, config.pretrain_key, config.pretrain_revise_keys)
-    report = load_model_state(model, state, strict=config.strict_load, source=f"pretrain_path {config.pretrain_path}")
+    state = read_weights(config.pretrain_path, config.pretrain_key, config.pretrain_revise_keys)
+    source = f"pretrain_path {config.pretrain_path}"
+    report = load_model_state(model, state, strict=config.strict_load, source=source, strategy=strategy)
     message = f"loaded pretrained weights from {config.pretrain_path}"
     return [f"{message}; not loaded: {report.describe()}" if report else message]

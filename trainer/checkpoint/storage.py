@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.errors import InputError
+from trainer.errors import InputError, first_line
 from utils.io import atomic_path, unused_path
 from utils.locations import as_location, basename, is_url, protocol_of  # noqa: F401 - re-exported for callers
 
@@ -76,7 +76,7 @@ def open_fs(url: str, what: str, *, quick: bool = False) -> tuple[Any, str]:
 
 def describe_failure(error: BaseException, url: str) -> str:
     """Why talking to the store at `url` failed, and the fix, as one phrase."""
-    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    reason = first_line(error)
     if isinstance(error, FileNotFoundError):
         bucket = url.split("://", 1)[1].split("/", 1)[0]
         return f"the bucket {bucket} does not exist ({reason}); create it, or fix the URL"

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trainer.errors import InputError
+from trainer.errors import InputError, first_line
 
 SUFFIX = ".safetensors"
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -65,7 +65,7 @@ def _read(path: Path, what: str) -> dict[str, torch.Tensor]:
     try:
         return load_file(path, device="cpu")
     except Exception as error:  # noqa: BLE001 - safetensors raises its own SafetensorError on damaged bytes
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = first_line(error)
         raise InputError(f"{what} {path} is corrupt, truncated or not a safetensors file ({reason}); use another file") from None
 
 
@@ -74,7 +74,7 @@ def _weight_map(index: Path, what: str) -> dict[str, str]:
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
     except (OSError, ValueError, AttributeError) as error:  # unreadable; bad JSON or UTF-8; not a JSON object
-        weight_map, reason = None, (str(error).splitlines() or [type(error).__name__])[0]
+        weight_map, reason = None, first_line(error)
     else:
         reason = "no weight_map of tensor name -> shard file"
     valid = isinstance(weight_map, dict) and weight_map and all(isinstance(v, str) for v in weight_map.values())

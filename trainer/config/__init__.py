@@ -25,6 +25,7 @@ from trainer.config.schema import (
     config_from_dict,
     dump_config,
     load_config,
+    run_log_dir,
 )
 
 __all__ = [
@@ -47,5 +48,6 @@ __all__ = [
     "load_document",
     "merge",
     "parse_yaml",
+    "run_log_dir",
     "yaml_type_name",
 ]

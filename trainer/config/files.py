@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from trainer.errors import InputError
+from trainer.errors import InputError, first_line
 
 
 def yaml_type_name(value: Any) -> str:
@@ -109,11 +109,11 @@ def parse_yaml(text: str, source: str) -> Any:
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        problem = getattr(error, "problem", None) or first_line(error)
         raise InputError(f"{source}: not valid YAML{where}: {problem}; fix the syntax there") from None
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, RecursionError) as error:
         # PyYAML's constructors raise these for values such as `2024-13-01` or `!!int abc`.
-        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        reason = first_line(error)
         value = f" {text.strip()!r}" if len(text) <= 80 else ""  # an override's value is short: show it
         raise InputError(f"{source}: the value{value} cannot be read ({reason}); quote it if it is meant as a string") from None
 

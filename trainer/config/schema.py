@@ -6,14 +6,13 @@ the resulting document into the frozen dataclasses below.
 Everything a user can get wrong in a config is caught here, once, with one line that names
 the key path, what was given and what is expected. Code below the door reads only the frozen
 dataclasses defined in this module, never raw dicts. The keys and their defaults are the
-contract of DESIGN.md section 3.
+contract of docs/configuration.md.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import re
 import types
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from trainer.config.files import apply_override, dump_yaml, load_document, yaml_type_name
-from trainer.errors import InputError
+from trainer.errors import InputError, did_you_mean
 from utils.locations import is_url
 
 # ---------------------------------------------------------------------------------------------
@@ -433,8 +432,7 @@ def _unknown_key(key: Any, known: list[str], prefix: str) -> InputError:
     """The unknown-key error, with the nearest known key when there is one."""
     key = key if isinstance(key, str) and key.isprintable() else repr(key)  # one line, always
     path = f"{prefix}.{key}" if prefix else str(key)
-    close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
-    hint = f"did you mean {prefix + '.' if prefix else ''}{close[0]}?" if close else f"known keys here: {', '.join(known)}"
+    hint = did_you_mean(str(key), known, prefix=f"{prefix}." if prefix else "") or f"known keys here: {', '.join(known)}"
     return InputError(f"config key {path} is unknown; {hint}")
 
 
@@ -451,6 +449,12 @@ def _to_plain(value: Any) -> Any:
 
 # ---------------------------------------------------------------------------------------------
 # Public entry points
+
+
+def run_log_dir(config: Config, name: str | None = None) -> Path:
+    """`<logging.dir>/<name>/`, the log directory of the run (or sweep) named `name`, by default
+    the config's own run: the one place that builds it."""
+    return Path(config.logging.dir) / (name or config.name)
 
 
 def config_from_dict(document: dict) -> Config:

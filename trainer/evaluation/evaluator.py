@@ -91,3 +91,20 @@ def evaluate(
     model.train(was_training)
     sums, counts = reduce(totals).cpu().unbind(dim=1)
     return {name: finalize(metrics[name], (sums[i] / counts[i]).item()) for i, name in enumerate(names)}
+
+
+def is_better(value: float, best: dict[str, float], metric: str, mode: str) -> bool:
+    """Whether `value` of `metric` beats the best so far (`best`: {} before the first validation;
+    `mode`: max or min); NaN never does."""
+    if value != value:
+        return False
+    if not best:
+        return True
+    return value > best[metric] if mode == "max" else value < best[metric]
+
+
+def best_text(best: dict[str, float], metric: str) -> str:
+    """', best accuracy 0.98 @ iter 250', or '' before any validation."""
+    if not best:
+        return ""
+    return f", best {metric} {best[metric]:.4f} @ iter {int(best['iteration'])}"

@@ -8,22 +8,19 @@ import os
 import shutil
 import socket
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from trainer.checkpoint.manager import CheckpointManager
 from trainer.checkpoint.storage import check_store
-from trainer.config.schema import Config
+from trainer.config.schema import Config, dump_config, run_log_dir
 from trainer.errors import InputError
+from trainer.guards.runlock import RunLock
 from utils.io import unused_path
 from utils.locations import is_url
 
 RUN_ID_FILE = "run_id.txt"  # in the log directory: which run its files belong to
-
-
-def run_log_dir(config: Config) -> Path:
-    """The run's log directory, `<logging.dir>/<name>/`: the one place that builds it."""
-    return Path(config.logging.dir) / config.name
 
 
 
@@ -136,3 +133,48 @@ def archive_other_runs(config: Config, checkpoints: CheckpointManager, run_id: s
         moved_weights = checkpoints.archive_existing(stamp)
         notes.append(f"{checkpoints.directory} held weights of another run named {config.name}; moved to {moved_weights}")
     return notes
+
+
+class RunDirectory:
+    """The run's outputs before its first step: the experiment's lock, earlier runs' files moved
+    aside, and the resolved config and run id recorded in `<logging.dir>/<name>/`."""
+
+    def __init__(self, config: Config, dist: Any, checkpoints: CheckpointManager) -> None:
+        self.config, self.dist, self.checkpoints = config, dist, checkpoints
+        self.path = run_log_dir(config)
+
+    def lock(self, device: Any) -> RunLock:
+        """Rank 0 takes the experiment's lock; every rank exits 2 if another run holds it."""
+        config = self.config
+        lock = RunLock(config.name, [config.logging.dir, config.checkpoint.dir])
+        refused = None
+        if self.dist.is_main:
+            try:
+                lock.acquire()
+            except InputError as error:
+                refused = error
+        if self.dist.any(refused is not None, device):
+            raise refused or InputError(f"experiment {config.name} is already running (rank 0 names the process)")
+        return lock
+
+    def make_room(self, run_id: str | None, resumed: bool) -> list[str]:
+        """Move other runs' files aside (rank 0, once every rank has read what it needs); the log notes.
+
+        A resumed run moves only files another run wrote; a fresh run moves every earlier file.
+        """
+        self.dist.barrier()
+        if not self.dist.is_main:
+            return []
+        if resumed:
+            return archive_other_runs(self.config, self.checkpoints, run_id)
+        return archive_previous_run(self.config, self.checkpoints)
+
+    def record(self, save_text: Callable[[str, str], Any], run_id: str | None, changes: list[str] | None, iteration: int) -> None:
+        """Write run_id.txt, and the resolved config: config.yaml for a fresh run, or
+        config_resumed_iter_<N>.yaml for a resumed one whose config changed (`save_text` writes a file here)."""
+        if run_id is not None:
+            save_text(RUN_ID_FILE, run_id + "\n")
+        if changes is None:
+            save_text("config.yaml", dump_config(self.config))
+        elif changes:
+            save_text(f"config_resumed_iter_{iteration}.yaml", dump_config(self.config))

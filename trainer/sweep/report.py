@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trainer.config.schema import dump_config, load_config
+from trainer.config.schema import dump_config, load_config, run_log_dir
 from trainer.sweep.space import override
 from trainer.sweep.spec import SweepSpec
 from trainer.sweep.study import ATTR_ERROR, ATTR_SECONDS, best_value, last_iteration
@@ -113,7 +113,7 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
 def write_best_config(spec: SweepSpec, best: Any) -> Path:
     """best_config.yaml: the best trial's resolved config under the name `<sweep>_best`, fresh (resume_path null)."""
     rename = [f"name={spec.name}_best", "resume_path=null"]
-    ran = Path(spec.base.logging.dir) / spec.trial_name(best.number) / "config.yaml"  # what the trial's run resolved
+    ran = run_log_dir(spec.base, spec.trial_name(best.number)) / "config.yaml"  # what the trial's run resolved
     if ran.is_file():
         config = load_config(ran, rename)
     else:  # its log directory was moved away: the same config from the sweep's own pieces

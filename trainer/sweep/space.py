@@ -7,12 +7,11 @@ the base config is spec.py's job. Everything is one-line InputErrors that name t
 
 from __future__ import annotations
 
-import difflib
 import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from trainer.errors import InputError
+from trainer.errors import InputError, did_you_mean
 
 Kind = Literal["log_float", "float", "int", "choice"]
 KINDS: tuple[Kind, ...] = ("log_float", "float", "int", "choice")
@@ -69,8 +68,8 @@ def parse_dimension(key: str, spec: Any, where: str) -> Dimension:
         )
     (kind, args), = spec.items()
     if kind not in KINDS:
-        close = difflib.get_close_matches(str(kind), KINDS, n=1, cutoff=0.5)
-        hint = f"did you mean {close[0]}? " if close else ""
+        near = did_you_mean(str(kind), KINDS, cutoff=0.5)
+        hint = f"{near} " if near else ""
         raise InputError(f"{path}: unknown distribution {kind!r}; {hint}(known: {', '.join(KINDS)})")
     if kind == "choice":
         return Dimension(key, kind, _choices(args, path))

@@ -1,4 +1,4 @@
-"""The sweep file, validated at the door into a frozen SweepSpec (DESIGN.md section 6).
+"""The sweep file, validated at the door into a frozen SweepSpec (docs/sweeps.md).
 
 ```yaml
 name: digits_lr                 # required; names the sweep directory and every trial (<name>_t<k>)
@@ -21,7 +21,6 @@ choice must make a valid config. Mistakes are one InputError line naming the fil
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import shutil
 from dataclasses import dataclass, field
@@ -29,8 +28,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from trainer.config.files import apply_override, load_document, parse_yaml, yaml_type_name
-from trainer.config.schema import NAME_PATTERN, Config, config_from_dict
-from trainer.errors import InputError
+from trainer.config.schema import NAME_PATTERN, Config, config_from_dict, run_log_dir
+from trainer.errors import InputError, did_you_mean
 from trainer.sweep.space import Dimension, override, parse_dimension
 
 SAMPLERS = ("tpe", "random", "grid")
@@ -86,7 +85,7 @@ class SweepSpec:
     @property
     def directory(self) -> Path:
         """`<logging.dir>/<name>/`: the study storage, sweep.log, trials.csv, best_config.yaml."""
-        return Path(self.base.logging.dir) / self.name
+        return run_log_dir(self.base, self.name)
 
     def trial_name(self, number: int) -> str:
         """The run name of trial `number`."""
@@ -169,8 +168,7 @@ def _required(document: dict, key: str, where: str) -> Any:
 
 def _unknown(what: str, part: str, known: tuple[str, ...] | list[str], prefix: str = "", context: str = "") -> InputError:
     """'<what> is unknown<context>; did you mean <prefix><the known name nearest to part>?'."""
-    close = difflib.get_close_matches(part, list(known), n=1, cutoff=0.6)
-    hint = f"did you mean {prefix}{close[0]}?" if close else f"known keys here: {', '.join(map(str, known))}"
+    hint = did_you_mean(part, list(known), prefix=prefix) or f"known keys here: {', '.join(map(str, known))}"
     return InputError(f"{what} is unknown{context}; {hint}")
 
 
@@ -227,8 +225,7 @@ def _objective(value: Any, base: Config, where: str) -> tuple[str, Literal["max"
     metric, mode = value.get("metric", base.val.metric), value.get("mode", base.val.mode)
     names = [spec.name for spec in base.metrics]
     if metric not in names:
-        close = difflib.get_close_matches(str(metric), names, n=1, cutoff=0.5)
-        hint = f"did you mean {close[0]}?" if close else f"add it to the base config's metrics or use one of {names}"
+        hint = did_you_mean(str(metric), names, cutoff=0.5) or f"add it to the base config's metrics or use one of {names}"
         raise InputError(f"{where}: key objective.metric: {metric!r} is not a metric of the base config; {hint}")
     if mode not in ("max", "min"):
         raise InputError(f"{where}: key objective.mode: got {mode!r}, expected max or min")
@@ -242,8 +239,8 @@ def _plugin(value: Any, known: tuple[str, ...], what: str) -> Plugin:
         kwargs = {key: item for key, item in value.items() if key != "type"}
         value = value.get("type")
     if value not in known:
-        close = difflib.get_close_matches(str(value), known, n=1, cutoff=0.5)
-        hint = f" (did you mean {close[0]}?)" if close else ""
+        near = did_you_mean(str(value), known, cutoff=0.5)
+        hint = f" ({near})" if near else ""
         raise InputError(f"{what}: got {value!r}, expected one of {', '.join(known)}{hint}, or {{type: NAME, ...options}}")
     bad = [key for key in kwargs if not isinstance(key, str)]
     if bad:

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
-from trainer.errors import InputError
+from trainer.errors import InputError, first_line
 
 
 class MissingPackageError(InputError):
@@ -29,7 +29,7 @@ def require(module: str, package: str | None = None) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = first_line(error)
         raise MissingPackageError(
             f"needs the Python package {package or module}, which cannot be imported ({reason}); "
             f"pip install {package or module}, or remove it from logging.trackers"
@@ -173,7 +173,7 @@ def summary_of(best: dict[str, float]) -> dict[str, float]:
     return {f"best/{name}": value for name, value in best.items()}
 
 
-def first_line(error: BaseException | str, limit: int = 300) -> str:
-    """An error as one short line, for a warning in train.log."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+def clipped_first_line(error: BaseException | str, limit: int = 300) -> str:
+    """An error as one short line, for a warning in train.log: first_line(error, strip=True), cut to `limit` characters."""
+    text = first_line(error, strip=True)
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -30,7 +30,7 @@ from trainer.tracking.trackers.base import (
     RunInfo,
     ScalarRow,
     Tracker,
-    first_line,
+    clipped_first_line,
     fit_limits,
     flatten,
     summary_of,
@@ -100,7 +100,7 @@ class _Worker:
                 return
             self.failed = True
         self._warn(
-            f"warning: tracker {self.tracker.name} stopped ({first_line(reason)}); nothing more is sent to it, "
+            f"warning: tracker {self.tracker.name} stopped ({clipped_first_line(reason)}); nothing more is sent to it, "
             "and training, checkpoints, train.log and the other trackers go on unaffected"
         )
 
