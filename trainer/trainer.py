@@ -17,7 +17,7 @@ from typing import Any
 from torch import nn
 
 from trainer.batches import every_batch, next_batch, to_device
-from trainer.build import build_components, build_logger, import_plugins
+from trainer.build import Components, build_components, build_logger, import_plugins
 from trainer.callbacks import Stop, ValidationCallback, ask_callbacks
 from trainer.checkpoint.layout import KEY_BEST, KEY_EPOCH, KEY_ITERATION, KEY_RUN_ID, TrainingState
 from trainer.checkpoint.manager import CheckpointManager
@@ -86,7 +86,7 @@ class Trainer:
 
     # -- building ---------------------------------------------------------------------------
 
-    def _adopt(self, parts: Any) -> None:
+    def _adopt(self, parts: Components) -> None:
         """Keep the built components (trainer/build.py) as the Trainer's own attributes."""
         self.model, self.strategy, self.loss_fn = parts.model, parts.strategy, parts.loss_fn
         self.metrics, self.reporters = parts.metrics, parts.reporters
