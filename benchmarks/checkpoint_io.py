@@ -1,7 +1,7 @@
 """Kiln's CheckpointManager against bare torch.save/torch.load, on a ~10M-parameter model.
 
 The state is an MLP of Linear layers after one optimizer step (so AdamW's exp_avg and
-exp_avg_sq exist), packed by `make_checkpoint` as the Trainer packs it. Four comparisons:
+exp_avg_sq exist), packed by `make_checkpoint` as the Trainer packs it. Five comparisons:
 
 - SAVE: (a) bare torch.save of the .pt and the .pth; (b) the same plus flush + fsync of each
   file, the floor for a write that survives a crash; (c) CheckpointManager.save (temporary
@@ -11,6 +11,11 @@ exp_avg_sq exist), packed by `make_checkpoint` as the Trainer packs it. Four com
   it must make before it returns. Target: stall/copy <= ~1.0 (the thread starts after the copy).
 - SIZES: .pt/.pth of the files CheckpointManager wrote, for AdamW (target ~3x) and SGD with
   momentum 0.9 (target ~2x).
+- CHECKSUMS: what recording and verifying them costs (docs/checkpoints.md, "Integrity"). .pt/.pth:
+  torch.save + fsync with the CRC-32 of every record (its default, which Kiln keeps on) against
+  the same without; torch.load against load_checkpoint, which checks every record first, and
+  the check alone. Sharded .dcp (one process, the same tensors): DCP's save against the CRC-32
+  manifest rank 0 writes after it; DCP's load against the check on resume (sizes + CRC-32).
 
 Files go to a scratch directory in weights/ (the repository's filesystem, where checkpoints
 really go: /tmp may be a RAM disk, where fsync costs nothing) and are deleted afterwards.
@@ -24,6 +29,7 @@ dirty pages or freed blocks.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -34,7 +40,8 @@ import torch
 from _common import REPO, alternate, median, parse_repeats
 from torch import nn
 
-from trainer.checkpoint import CheckpointManager, make_checkpoint, to_host
+from trainer.checkpoint import CheckpointManager, dcp, make_checkpoint, to_host
+from trainer.checkpoint.files import check_records
 
 WIDTH, LAYERS = 1600, 4  # 4 x (1600 x 1600 + 1600) = 10.2M parameters
 NAME = "bench"
@@ -120,6 +127,66 @@ def host_copy(checkpoint: dict, weights: dict) -> float:
     return elapsed
 
 
+def crc_save(checkpoint: dict, weights: dict, stem: Path, crc: bool) -> float:
+    """Seconds for torch.save + fsync of the .pt and the .pth with or without the records' CRC-32."""
+    from torch.utils.serialization import config
+
+    config.save.compute_crc32 = crc
+    try:
+        return bare_save(checkpoint, weights, stem, fsync=True)
+    finally:
+        config.save.compute_crc32 = True
+
+
+def sharded_save(tensors: dict, directory: Path) -> tuple[float, float]:
+    """(seconds of DCP's save of `tensors` into a new `directory`, seconds of the CRC-32 manifest after it)."""
+    shutil.rmtree(directory, ignore_errors=True)
+    os.sync()
+    start = time.perf_counter()
+    dcp.api().save(tensors, checkpoint_id=directory, no_dist=True)
+    saved = time.perf_counter()
+    dcp.write_checksums(directory)
+    return saved - start, time.perf_counter() - saved
+
+
+def checksum_costs(directory: Path, checkpoint: dict, weights: dict, pt: Path, repeats: int) -> None:
+    """Print what recording and verifying checksums costs, for the .pt/.pth pair and for a .dcp."""
+    runs = f"(medians of {repeats} alternating runs)"
+    stem = directory / "bare" / f"{NAME}_iter_1"
+    times = alternate_timed({crc: lambda crc=crc: crc_save(checkpoint, weights, stem, crc) for crc in (True, False)}, repeats)
+    with_crc, without = median(times[True]), median(times[False])
+    print(
+        f"crc    torch.save + fsync of .pt + .pth: with the CRC-32 of every record {with_crc:.3f} s, without "
+        f"{without:.3f} s; recording costs {(with_crc / without - 1) * 100:+.1f}% {runs}"
+    )
+    manager = CheckpointManager(directory / "kiln", NAME)
+    times = alternate(
+        {
+            "torch.load": lambda: torch.load(pt, weights_only=True),
+            "load_checkpoint": lambda: manager.load_checkpoint(pt),
+            "check": lambda: check_records(pt, "resume_path"),
+        },
+        repeats,
+    )
+    bare, kiln, check = (median(times[side]) for side in ("torch.load", "load_checkpoint", "check"))
+    print(
+        f"crc    .pt: torch.load {bare:.3f} s, load_checkpoint (records checked first) {kiln:.3f} s, the check alone "
+        f"{check:.3f} s; verification costs {(kiln / bare - 1) * 100:+.1f}% {runs}"
+    )
+    tensors = {"model": checkpoint["model"], "optimizer": checkpoint["optimizer"]["state"]}
+    sharded = directory / f"{NAME}_iter_1.dcp"
+    saves = [sharded_save(tensors, sharded) for _ in range(repeats)]
+    save, manifest = median([s for s, _ in saves]), median([m for _, m in saves])
+    times = alternate(
+        {"load": lambda: dcp.load_all_tensors(sharded), "check": lambda: dcp.check_intact(sharded, "resume_path")}, repeats
+    )
+    load, check = median(times["load"]), median(times["check"])
+    print(
+        f"crc    .dcp ({dcp.describe_size(sharded) / 1e6:.0f} MB): DCP save {save:.3f} s + manifest {manifest:.3f} s "
+        f"({manifest / save * 100:+.1f}%); DCP load {load:.3f} s + check {check:.3f} s ({check / load * 100:+.1f}%) {runs}"
+    )
+
+
 def file_sizes(directory: Path, optimizer: str) -> tuple[int, int]:
     """Bytes of the .pt and .pth CheckpointManager writes for the MLP after one `optimizer` step."""
     manager = CheckpointManager(directory / "sizes", NAME)
@@ -185,6 +252,8 @@ def main() -> None:
             f"async  save() returns after {stall * 1e3:.1f} ms; the host copy alone takes {copy * 1e3:.1f} ms; "
             f"ratio stall/copy {stall / copy:.3f} (target <= ~1.0; the write thread starts after the copy) {runs}"
         )
+
+        checksum_costs(directory, checkpoint, weights, pt, repeats)
 
         for optimizer, target in (("AdamW", "~3x"), ("SGD momentum 0.9", "~2x")):
             pt_bytes, pth_bytes = file_sizes(directory, optimizer)

@@ -8,10 +8,18 @@ named twice read once). Without `root` the corpus is the running Python's standa
 nothing is downloaded, but another Python version gives another corpus. Relative paths start
 from the working directory. The files' bytes are concatenated in order, with nothing between.
 
+Text only. A binary file (git's rule: a NUL byte in its first 8,000 bytes; `.pyc` files under
+`__pycache__`, images, archives, checkpoints) is left out, and the run's log counts the files
+left out and names the first few. Every other file must be UTF-8: one that is not (Latin-1,
+cp1252) is a CorpusError naming the file and the byte offset, before anything is written.
+So the tokenizers see exactly the files' bytes, and `num_bytes`, what bpb divides by, is
+the byte count of the original files (checked when the cache is built).
+
 Split. The last `val_fraction` of the text (cut at a UTF-8 character boundary) is validation,
 the rest training; each part is tokenised on its own, so a BPE tokenizer is trained on the
 training text only and never sees validation text. With `tokenizer: bytes` this is exactly
-"the last val_fraction of the token stream".
+"the last val_fraction of the token stream". A BPE asked for a `vocab_size` larger than the
+training text gives (no pair left to merge) is smaller: the dataset's `notes` say so.
 
 Cache. Both splits' tokens go into one `.npy` (uint16, or uint32 for a vocabulary over 65,536)
 under `cache_dir` (default `$XDG_CACHE_HOME/kiln/text`, else `~/.cache/kiln/text`), named by a
@@ -20,11 +28,19 @@ again, an unchanged one is memory-mapped as it is. Beside it: `<key>.json` (spli
 last, so its presence means complete), `<key>.tokenizer.json` for BPE (what evaluation and
 tools/generate.py decode with) and `<key>.lock`: the process that builds holds an fcntl lock on
 it, and a second process (another rank, a concurrent run) waits for the lock and then reuses
-the finished files. Every file is written atomically (utils.io). Delete the folder to reclaim it.
+the finished files. Every file is written atomically (utils.io), and only once the tokens are
+known to serve (a split too short for one window writes nothing, and the lock file and folders
+this build created are removed again). Delete the folder to reclaim it.
+
+Identity. `identity()` is what the run trains or validates on, as a small dict: the corpus
+(sha256 of its text bytes in order, files, bytes), the tokenizer (type, vocab_size, sha256 of
+its vocabulary and merges), split, val_fraction and block_size. The Trainer records it in every
+checkpoint and refuses a resume whose data differ (trainer/guards/data_identity.py).
 """
 
 from __future__ import annotations
 
+import codecs
 import fcntl
 import glob
 import hashlib
@@ -34,6 +50,8 @@ import os
 import sysconfig
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,6 +66,11 @@ from utils.io import atomic_write, atomic_write_text
 IGNORE_INDEX = -100  # the target of a validation window's padding (torch's cross_entropy default)
 CACHE_VERSION = 1  # part of the cache key: bump when the cache layout or tokenisation changes
 _GLOB_CHARS = "*?["
+# git's rule for "binary" (xdiff's buffer_is_binary looks for a NUL in the first 8,000 bytes):
+# UTF-8 text never holds a NUL, .pyc files, images, archives and checkpoints do early on.
+BINARY_PROBE = 8000
+_CHUNK = 1 << 20  # files are read in 1 MiB chunks: a large file is never held whole to hash it
+_SHOWN = 3  # how many skipped files a note names
 
 
 def default_root() -> str:
@@ -94,15 +117,63 @@ def _hidden(relative: Path) -> bool:
     return any(part.startswith(".") for part in relative.parts)
 
 
-def _corpus_digest(files: list[Path]) -> tuple[str, int]:
-    """(sha256 of the files' bytes in order, total bytes), read in 1 MiB chunks."""
-    digest, total = hashlib.sha256(), 0
-    for path in files:
-        with open(path, "rb") as file:
-            while chunk := file.read(1 << 20):
-                digest.update(chunk)
-                total += len(chunk)
-    return digest.hexdigest(), total
+@dataclass(frozen=True)
+class Corpus:
+    """The text of a root: its UTF-8 files in corpus order, the binary files left out, sha256 and size of the text."""
+
+    files: list[Path]
+    skipped: list[Path]
+    digest: str
+    size: int
+
+
+def read_corpus(root: str | Path | list[str | Path] | None = None) -> Corpus:
+    """Scan the files of `root` (corpus_files) once: binary files are left out, the rest hashed in
+    order; CorpusError naming a file that is not UTF-8, or when only binary files are left."""
+    digest, size, files, skipped = hashlib.sha256(), 0, [], []
+    for path in corpus_files(root):
+        read = _scan_file(path, digest)
+        if read is None:
+            skipped.append(path)
+        else:
+            files.append(path)
+            size += read
+    if not files:
+        raise CorpusError(
+            f"root {_describe(root)} has no text files: its {len(skipped)} files are binary (a NUL byte in the first "
+            f"{BINARY_PROBE:,} bytes), e.g. {skipped[0]}; point root at text files"
+        )
+    return Corpus(files, skipped, digest.hexdigest(), size)
+
+
+def _scan_file(path: Path, digest: Any) -> int | None:
+    """Add a text file's bytes to `digest` and return how many; None for a binary file (nothing added)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()  # strict: the first invalid byte raises
+    total = 0
+    with open(path, "rb") as file:
+        chunk = file.read(_CHUNK)
+        if b"\0" in chunk[:BINARY_PROBE]:
+            return None
+        while chunk:
+            _check_utf8(decoder, chunk, total, path)
+            digest.update(chunk)
+            total += len(chunk)
+            chunk = file.read(_CHUNK)
+    _check_utf8(decoder, b"", total, path, final=True)  # the file may end inside a character
+    return total
+
+
+def _check_utf8(decoder: codecs.IncrementalDecoder, chunk: bytes, offset: int, path: Path, final: bool = False) -> None:
+    """Decode `chunk` (the file's bytes from `offset` on); CorpusError naming the file and the first bad byte."""
+    pending = len(decoder.getstate()[0])  # bytes of a character the previous chunk ended inside
+    try:
+        decoder.decode(chunk, final)
+    except UnicodeDecodeError as error:
+        where = offset - pending + error.start
+        raise CorpusError(
+            f"{path} is not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {where:,}); convert it to "
+            "UTF-8 (e.g. iconv -f latin1 -t utf-8) or leave it out of root"
+        ) from None
 
 
 def split_point(data: bytes, val_fraction: float) -> int:
@@ -119,8 +190,9 @@ def tokenise_corpus(data: bytes, spec: dict, val_fraction: float) -> tuple[np.nd
     if spec["type"] == "bytes":
         tokenizer: TableTokenizer = ByteTokenizer()
         return np.frombuffer(data, dtype=np.uint8).astype(np.uint16), cut, tokenizer
-    # Byte-level BPE works on text: invalid UTF-8 becomes U+FFFD here (num_bytes counts what was tokenised).
-    train_text, val_text = data[:cut].decode("utf-8", "replace"), data[cut:].decode("utf-8", "replace")
+    # Strict: read_corpus let only UTF-8 through, and the cut is at a character start, so the text
+    # is the files' bytes exactly (a replacement character would inflate num_bytes and deflate bpb).
+    train_text, val_text = data[:cut].decode("utf-8"), data[cut:].decode("utf-8")
     tokenizer = BPETokenizer.train(train_text, spec["vocab_size"])
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
     train, val = np.asarray(tokenizer.encode(train_text), dtype), np.asarray(tokenizer.encode(val_text), dtype)
@@ -136,18 +208,39 @@ class TokenCache:
         self.tokenizer_path = directory / f"{key}.tokenizer.json"
         self.lock_path = directory / f"{key}.lock"
 
-    def load_or_build(self, files: list[Path], spec: dict, val_fraction: float) -> tuple[dict, np.ndarray, TableTokenizer]:
-        """(meta, memory-mapped tokens, tokenizer), tokenising the corpus first if no complete cache exists."""
+    def load_or_build(
+        self, files: list[Path], spec: dict, val_fraction: float, accept: Callable[[dict], None]
+    ) -> tuple[dict, np.ndarray, TableTokenizer]:
+        """(meta, memory-mapped tokens, tokenizer), tokenising the corpus first if no complete cache exists.
+
+        `accept(meta)` raises a CorpusError when the tokens cannot serve (a split shorter than one
+        window): a fresh build calls it before writing anything, and removes the lock file and the
+        folders it created, so that a rejected corpus leaves the disk as it found it.
+        """
         loaded = self._load(spec)
-        if loaded is not None:
-            return loaded
+        if loaded is None:
+            new_folders, new_lock = _missing_folders(self.lock_path.parent), not self.lock_path.exists()
+            try:
+                loaded = self._build(files, spec, val_fraction, accept)
+            except CorpusError:
+                _remove_traces(self.lock_path if new_lock else None, new_folders)
+                raise
+        accept(loaded[0])
+        return loaded
+
+    def _build(
+        self, files: list[Path], spec: dict, val_fraction: float, accept: Callable[[dict], None]
+    ) -> tuple[dict, np.ndarray, TableTokenizer]:
+        """Tokenise and write the cache under the lock (unless another process did while this one waited)."""
         with self._locked():
             loaded = self._load(spec)  # another process may have built it while this one waited
             if loaded is not None:
                 return loaded
             data = b"".join(path.read_bytes() for path in files)
             tokens, n_train, tokenizer = tokenise_corpus(data, spec, val_fraction)
-            self._write(tokens, n_train, tokenizer)
+            meta = _meta(tokens, n_train, tokenizer, len(data))
+            accept(meta)  # before the first write: a rejected corpus writes no cache
+            self._write(tokens, tokenizer, meta)
         loaded = self._load(spec)
         if loaded is None:
             raise OSError(f"the token cache {self.tokens_path} was written but cannot be read back")
@@ -179,22 +272,57 @@ class TokenCache:
             return None
         return meta, tokens, tokenizer
 
-    def _write(self, tokens: np.ndarray, n_train: int, tokenizer: TableTokenizer) -> None:
+    def _write(self, tokens: np.ndarray, tokenizer: TableTokenizer, meta: dict) -> None:
         """Tokenizer, tokens, then the meta that marks them complete; each file atomically."""
         self.tokens_path.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(tokenizer, BPETokenizer):
             atomic_write_text(self.tokenizer_path, tokenizer.to_json())
         atomic_write(self.tokens_path, lambda file: np.save(file, tokens))
-        sizes = tokenizer.token_bytes().numpy()[tokens.astype(np.int64)]  # (n,) bytes of each token
-        meta = {
-            "version": CACHE_VERSION,
-            "tokens": len(tokens),
-            "train_tokens": n_train,
-            "train_bytes": int(sizes[:n_train].sum()),
-            "val_bytes": int(sizes[n_train:].sum()),
-            "vocab_size": tokenizer.vocab_size,
-        }
         atomic_write_text(self.meta_path, json.dumps(meta, indent=1))
+
+
+def _meta(tokens: np.ndarray, n_train: int, tokenizer: TableTokenizer, size: int) -> dict:
+    """The cache's meta (split sizes in tokens and bytes); CorpusError if the tokens do not stand for
+    exactly the corpus's `size` bytes (bpb divides by these bytes: they must be the files')."""
+    sizes = tokenizer.token_bytes().numpy()[tokens.astype(np.int64)]  # (n,) bytes of each token
+    train_bytes, val_bytes = int(sizes[:n_train].sum()), int(sizes[n_train:].sum())
+    if train_bytes + val_bytes != size:
+        raise CorpusError(
+            f"the tokenizer's tokens stand for {train_bytes + val_bytes:,} bytes, the corpus has {size:,}; "
+            "bits per byte would be wrong, so nothing was cached: report this with the corpus"
+        )
+    return {
+        "version": CACHE_VERSION,
+        "tokens": len(tokens),
+        "train_tokens": n_train,
+        "train_bytes": train_bytes,
+        "val_bytes": val_bytes,
+        "vocab_size": tokenizer.vocab_size,
+    }
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """`folder` and those above it that do not exist yet (what mkdir -p would create), deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_traces(lock: Path | None, folders: list[Path]) -> None:
+    """Remove the lock file and the (then empty) folders a rejected build created.
+
+    Another process waiting on the removed lock file still gets it (on the unlinked file) and
+    builds for itself; the atomic writes keep that safe, at worst a second tokenisation.
+    """
+    if lock is not None:
+        lock.unlink(missing_ok=True)
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # no longer empty: another process uses it
+            return
 
 
 def cache_key(digest: str, spec: dict, val_fraction: float) -> str:
@@ -213,8 +341,9 @@ class TextTokens(Dataset):
     ceil((n_val - 1) / block_size)); the last window's padding has input 0 and target -100
     (IGNORE_INDEX). Attributes: vocab_size, block_size, tokenizer (encode / decode),
     token_bytes ((vocab_size,) int64 byte length of each token), tokens_per_sample, num_tokens
-    and num_bytes (of this split), files, cache_path. See the module docstring for root,
-    the split and the cache.
+    and num_bytes (of this split), files (the text files read), skipped (binary files left
+    out), notes (what the run's log should say about the data), cache_path; `identity()`.
+    See the module docstring for root, the split, the cache and the identity.
     """
 
     def __init__(
@@ -226,42 +355,38 @@ class TextTokens(Dataset):
         val_fraction: float = 0.1,
         cache_dir: str | None = None,
     ) -> None:
-        if split not in ("train", "val"):
-            raise CorpusError(f"split {split!r} is not train or val; set split to train or val")
-        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-            raise CorpusError(f"block_size {block_size!r} is not a positive integer; set it to the context length, e.g. 256")
-        if not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
-            raise CorpusError(f"val_fraction {val_fraction!r} is not between 0 and 1; use e.g. 0.1")
+        _check_arguments(split, block_size, val_fraction)
         spec = parse_tokenizer_spec(tokenizer)
-        self.files = corpus_files(root)
-        digest, size = _corpus_digest(self.files)
-        if size == 0:
+        corpus = read_corpus(root)
+        self.files, self.skipped = corpus.files, corpus.skipped
+        if corpus.size == 0:
             raise CorpusError(f"root {_describe(root)} is an empty corpus ({len(self.files)} files, 0 bytes); point it at text")
         directory = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-        cache = TokenCache(directory, cache_key(digest, spec, val_fraction))
-        meta, self._tokens, self.tokenizer = cache.load_or_build(self.files, spec, val_fraction)
+        cache = TokenCache(directory, cache_key(corpus.digest, spec, val_fraction))
+        fits = partial(_check_length, split=split, block_size=block_size, root=root, size=corpus.size, val_fraction=val_fraction)
+        meta, self._tokens, self.tokenizer = cache.load_or_build(self.files, spec, val_fraction, fits)
         self.cache_path = cache.tokens_path
         self.split, self.block_size, self.tokens_per_sample = split, block_size, block_size
         self.vocab_size = meta["vocab_size"]
         self.token_bytes = self.tokenizer.token_bytes()  # (vocab_size,) int64
         train = split == "train"
         self._start = 0 if train else meta["train_tokens"]  # this split's first token in the stream
-        self.num_tokens = meta["train_tokens"] if train else meta["tokens"] - meta["train_tokens"]
+        self.num_tokens = _split_tokens(meta, split)
         self.num_bytes = meta["train_bytes"] if train else meta["val_bytes"]
-        self._check_length(root, size, val_fraction)
         self._length = self.num_tokens - block_size if train else math.ceil((self.num_tokens - 1) / block_size)
+        self._identity = {
+            "corpus": {"sha256": corpus.digest, "files": len(self.files), "bytes": corpus.size},
+            "tokenizer": {"type": spec["type"], "vocab_size": self.vocab_size, "sha256": self.tokenizer.fingerprint()},
+            "split": split,
+            "val_fraction": val_fraction,
+            "block_size": block_size,
+        }
+        self.notes = _notes(corpus.skipped, spec, self.vocab_size)
 
-    def _check_length(self, root: Any, size: int, val_fraction: float) -> None:
-        """CorpusError when this split cannot hold one window (training) or one target (validation)."""
-        if self.split == "train":
-            need, what, fix = self.block_size + 1, "training split", "add text to root or lower block_size"
-        else:
-            need, what, fix = 2, f"validation split (its last {val_fraction:g})", "add text to root or raise val_fraction"
-        if self.num_tokens < need:
-            raise CorpusError(
-                f"root {_describe(root)} is too short: its {what} is {self.num_tokens} tokens ({size} bytes in the whole "
-                f"corpus), shorter than one window, which needs {need} tokens; {fix}"
-            )
+    def identity(self) -> dict[str, Any]:
+        """What this dataset is: corpus (sha256, files, bytes), tokenizer (type, vocab_size, sha256),
+        split, val_fraction, block_size; plain values, so a checkpoint records it as it is."""
+        return {key: dict(value) if isinstance(value, dict) else value for key, value in self._identity.items()}
 
     def __len__(self) -> int:
         """Number of windows: every start offset (train) or the tiles of the split (val)."""
@@ -299,6 +424,50 @@ class TextTokens(Dataset):
     def __getstate__(self) -> dict:
         """Pickle without the memory map (a DataLoader worker under spawn maps the file itself)."""
         return {**self.__dict__, "_tokens": None}
+
+
+def _check_arguments(split: Any, block_size: Any, val_fraction: Any) -> None:
+    """CorpusError for a split, block_size or val_fraction TextTokens cannot take."""
+    if split not in ("train", "val"):
+        raise CorpusError(f"split {split!r} is not train or val; set split to train or val")
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise CorpusError(f"block_size {block_size!r} is not a positive integer; set it to the context length, e.g. 256")
+    if not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
+        raise CorpusError(f"val_fraction {val_fraction!r} is not between 0 and 1; use e.g. 0.1")
+
+
+def _split_tokens(meta: dict, split: str) -> int:
+    """The number of tokens of `split` in the cache described by `meta`."""
+    return meta["train_tokens"] if split == "train" else meta["tokens"] - meta["train_tokens"]
+
+
+def _check_length(meta: dict, *, split: str, block_size: int, root: Any, size: int, val_fraction: float) -> None:
+    """CorpusError when the split cannot hold one window (training) or one target (validation)."""
+    if split == "train":
+        need, what, fix = block_size + 1, "training split", "add text to root or lower block_size"
+    else:
+        need, what, fix = 2, f"validation split (its last {val_fraction:g})", "add text to root or raise val_fraction"
+    have = _split_tokens(meta, split)
+    if have < need:
+        raise CorpusError(
+            f"root {_describe(root)} is too short: its {what} is {have} tokens ({size} bytes in the whole "
+            f"corpus), shorter than one window, which needs {need} tokens; {fix}"
+        )
+
+
+def _notes(skipped: list[Path], spec: dict, vocab_size: int) -> list[str]:
+    """What the run's log says about the data: binary files left out, a BPE smaller than asked."""
+    notes = []
+    if skipped:
+        shown = ", ".join(str(path) for path in skipped[:_SHOWN]) + (", ..." if len(skipped) > _SHOWN else "")
+        notes.append(f"left out {len(skipped)} binary file(s) of root (a NUL byte in the first {BINARY_PROBE:,} bytes): {shown}")
+    asked = spec.get("vocab_size")
+    if asked is not None and vocab_size < asked:
+        notes.append(
+            f"tokenizer bpe: vocab_size {asked} asked, but the training text gives only {vocab_size} tokens (no pair "
+            f"left to merge); set vocab_size and model.vocab_size to {vocab_size}, or add text"
+        )
+    return notes
 
 
 def _describe(root: Any) -> str:

@@ -7,6 +7,8 @@ length (`token_bytes`, what the bpb metric divides by) is exact.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 import torch
@@ -49,6 +51,22 @@ class TableTokenizer:
     def token_bytes(self) -> torch.Tensor:
         """(vocab_size,) int64: the UTF-8 byte length of each token."""
         return torch.tensor([len(piece) for piece in self.vocab], dtype=torch.int64)
+
+    def fingerprint(self) -> str:
+        """sha256 of what decides the token ids: each id's bytes (and, for BPE, the merges in order).
+
+        Two tokenizers with the same fingerprint give the same ids for every text: what a
+        checkpoint records, so a resume or tools/generate.py can tell a retrained tokenizer.
+        """
+        digest = hashlib.sha256()
+        for piece in self.vocab:
+            digest.update(len(piece).to_bytes(4, "little") + piece)  # length-prefixed: no two vocabularies collide
+        digest.update(self._rules())
+        return digest.hexdigest()
+
+    def _rules(self) -> bytes:
+        """What besides the vocabulary decides the ids (nothing for bytes)."""
+        return b""
 
 
 class ByteTokenizer(TableTokenizer):
@@ -98,6 +116,11 @@ class BPETokenizer(TableTokenizer):
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`."""
         return self.hf.encode(text, add_special_tokens=False).ids
+
+    def _rules(self) -> bytes:
+        """The merges in order: the same vocabulary with merges in another order encodes differently."""
+        merges = json.loads(self.to_json())["model"]["merges"]
+        return json.dumps(merges, ensure_ascii=False).encode("utf-8")
 
     def __getstate__(self) -> dict:
         """Pickle as tokenizer.json text (DataLoader workers under spawn)."""

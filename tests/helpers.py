@@ -205,6 +205,20 @@ def call(tool: ModuleType, *argv: str) -> tuple[int, str, str]:
 # -- reading results back -------------------------------------------------------------------------
 
 
+def child_pids(pid: int) -> list[int]:
+    """The pids whose parent is `pid` (from /proc): a launcher's workers, a run's DataLoader workers."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
 def load_params(path: Path) -> dict[str, torch.Tensor]:
     """The state dict of a weight-only .pth."""
     return torch.load(path, weights_only=True)["params"]

@@ -1,8 +1,8 @@
 """Copy checkpoints between a local folder and an object store, and list what a store holds.
 
-    python tools/checkpoints.py push SRC DST [--name NAME]   a local folder (weights/, checkpoints/) -> a URL
-    python tools/checkpoints.py pull SRC DST [--name NAME]   a URL -> a local folder
-    python tools/checkpoints.py ls URL [--name NAME]         each checkpoint: iteration, size, complete or not
+    python tools/checkpoints.py push SRC DST [--name NAME] [--force]   a local folder (weights/, checkpoints/) -> a URL
+    python tools/checkpoints.py pull SRC DST [--name NAME] [--force]   a URL -> a local folder
+    python tools/checkpoints.py ls URL [--name NAME]                   each checkpoint: iteration, size, complete or not
 
 The files are Kiln's: `<name>_iter_<N>.*`, `<name>_best.*` and sharded `<name>_*.dcp/` folders
 (every experiment's, or NAME's only), at the top of SRC; archived subfolders stay where they are.
@@ -10,8 +10,12 @@ The files are Kiln's: `<name>_iter_<N>.*`, `<name>_best.*` and sharded `<name>_*
 Only what is missing or changed is copied. A file is unchanged when it has the same size and
 the same content: its sha256, which every Kiln upload to S3 stores as object metadata (`sha256`),
 or, for an object uploaded by another tool in one part, its ETag (the MD5 of its content). A
-remote object with neither is copied again (its copy then carries the sha256). Local files are
-hashed as they are.
+remote object with neither is read and hashed. Local files are hashed as they are.
+
+What DST holds is never lost (Kiln's rule, as a fresh run archives an earlier run's files): a DST
+file whose content differs from SRC's is first moved into `<name>_archived_<YYYYmmdd_HHMMSS>/`
+beside it (a `.dcp` folder whole, since its files belong together), and the line before the
+summary says where; `--force` replaces such files without keeping them.
 
 Every copy is atomic on the receiving side: a local file is written to a temporary name and
 renamed; an upload becomes visible only once complete, and within each checkpoint the `.pt`
@@ -23,6 +27,7 @@ the rest. A progress bar (bytes) goes to stderr when it is a terminal.
 from __future__ import annotations
 
 import argparse
+import datetime
 import re
 import sys
 from pathlib import Path
@@ -58,6 +63,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         sub.add_argument("src", metavar="SRC")
         sub.add_argument("dst", metavar="DST")
         sub.add_argument("--name", help="only this experiment's files (default: every experiment's)")
+        sub.add_argument(
+            "--force",
+            action="store_true",
+            help="replace DST files whose content differs without keeping them (default: move them into "
+            "<name>_archived_<stamp>/ first)",
+        )
     listing = commands.add_parser("ls", help="list the checkpoints under a URL or in a folder")
     listing.add_argument("url", metavar="URL")
     listing.add_argument("--name", help="only this experiment's checkpoints")
@@ -125,14 +136,30 @@ def copy_order(rel: str) -> tuple[int, str]:
 
 def same_content(src: Any, dst: Any, rel: str) -> bool:
     """Whether `rel` holds the same bytes on both sides (the sizes are equal): a digest one side
-    stores, checked against the other's; two local files are hashed."""
+    stores, checked against the other's; local files are hashed, and a remote object that stores
+    no digest is read and hashed (a file that differs is moved aside, so guessing is not allowed)."""
     for known_side, other in ((dst, src), (src, dst)):
         known = known_side.stored_digest(rel)
         if known is not None:
             kind, value = known
-            return other.digest(rel, kind) == value
-    theirs, ours = src.digest(rel, "sha256"), dst.digest(rel, "sha256")
-    return theirs is not None and theirs == ours  # a remote object with no digest: copied again
+            return content_digest(other, rel, kind) == value
+    return content_digest(src, rel, "sha256") == content_digest(dst, rel, "sha256")
+
+
+def content_digest(side: Any, rel: str, kind: str) -> str:
+    """The `kind` digest (sha256, md5) of `rel` on `side`: stored or computed by the storage, else
+    (a remote object without one) of a temporary download, through the storage's bounded `get`."""
+    import tempfile
+
+    from trainer.checkpoint.storage import file_digest
+
+    known = side.digest(rel, kind)
+    if known is not None:
+        return known
+    with tempfile.TemporaryDirectory(prefix="kiln-compare-") as tmp:
+        local = Path(tmp) / "object"
+        side.get(rel, local)
+        return file_digest(local, kind)
 
 
 def plan(src: Any, dst: Any, name: str | None) -> tuple[list[tuple[str, int, str]], int]:
@@ -167,8 +194,9 @@ def open_side(location: str, what: str, *, local: bool, write: bool) -> Any:
     return open_storage(location, what)
 
 
-def transfer(command: str, source: str, target: str, name: str | None) -> tuple[int, int, int]:
-    """Copy what is missing or changed from `source` to `target`; return (copied, bytes, unchanged)."""
+def transfer(command: str, source: str, target: str, name: str | None, force: bool = False) -> tuple[int, int, int]:
+    """Copy what is missing or changed from `source` to `target`, the DST files it replaces moved
+    aside first unless `force`; return (copied, bytes, unchanged)."""
     from tqdm import tqdm
 
     from trainer.errors import InputError
@@ -181,12 +209,42 @@ def transfer(command: str, source: str, target: str, name: str | None) -> tuple[
         raise InputError(
             f"SRC {source} holds no checkpoint files{of} (<name>_iter_<N>.*, <name>_best.*); check the path and --name"
         )
+    kept = [] if force else keep_replaced(dst, copies)
+    if kept:  # what was moved aside is missing at DST now: plan again, keeping why each file goes
+        why = {rel: reason for rel, _, reason in copies}
+        copies, unchanged = plan(src, dst, name)
+        copies = [(rel, size, why.get(rel, "beside a changed file of its .dcp")) for rel, size, _ in copies]
     total = sum(size for _, size, _ in copies)
     with tqdm(total=total, unit="B", unit_scale=True, desc=command, file=sys.stderr, disable=None, leave=False) as bar:
         for rel, size, why in copies:
-            _copy(src, dst, rel, Progress(bar))
+            try:
+                _copy(src, dst, rel, Progress(bar))
+            except OSError as error:
+                raise OSError("; ".join([str(error), *kept])) from error
             bar.write(f"copied {rel} ({size / 1e6:.2f} MB, {why})", file=sys.stdout)
+    for line in kept:
+        print(line)
     return len(copies), total, unchanged
+
+
+def keep_replaced(dst: Any, copies: list[tuple[str, int, str]]) -> list[str]:
+    """Move every DST file a copy replaces (its content differs) into `<name>_archived_<stamp>/`
+    beside it, as a fresh run archives an earlier run's files; a .dcp folder goes whole (its files
+    belong together). Returns one line per experiment saying what went where."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S")
+    replaced: dict[str, list[str]] = {}
+    for rel, _, why in copies:
+        entry = rel.split("/", 1)[0]  # a file, or the .dcp folder of a file inside one
+        entries = replaced.setdefault(CHECKPOINT.match(entry)["name"], [])
+        if why != "missing" and entry not in entries:
+            entries.append(entry)
+    lines = []
+    for experiment, entries in replaced.items():
+        if entries:
+            entries.sort(key=lambda entry: not entry.endswith(".pt"))  # the markers first, as a fresh run moves them
+            folder = dst.archive(entries, f"{experiment}_archived_{stamp}")
+            lines.append(f"moved the replaced {', '.join(entries)} aside to {folder} (--force replaces without keeping)")
+    return lines
 
 
 def _copy(src: Any, dst: Any, rel: str, progress: Any) -> None:
@@ -248,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "ls":
             print(listing(args.url, args.name))
             return 0
-        copied, size, unchanged = transfer(args.command, args.src, args.dst, args.name)
+        copied, size, unchanged = transfer(args.command, args.src, args.dst, args.name, args.force)
     except REPORTED_ERRORS as error:
         return report_error(error)
     except OSError as error:  # the network or a disk failed mid-copy: what was copied is whole

@@ -4,7 +4,10 @@ Builds the config's model and its data.train dataset (whose cache holds the run'
 the same corpus and tokenizer spec give the same cache key), loads the weights strictly
 (a .pth's `params`, a .pt's `model`, or a bare state dict), then writes the prompt and the
 sampled continuation to stdout one token at a time. The same seed, weights and device give
-the same text. Exit 2 with one `error: ...` line on a bad input.
+the same text. Exit 2 with one `error: ...` line on a bad input, among them a tokenizer that is
+not the one the weights were trained with (a corpus that changed since retrains a BPE): the
+identity a .pt or .dcp records, or for a .pth the one of the .pt or .dcp Kiln wrote beside it
+(trainer/guards/data_identity.py); weights from elsewhere are not checked.
 """
 
 from __future__ import annotations
@@ -65,10 +68,12 @@ def _positive(text: str) -> int:
 def load_model_and_tokenizer(config_path: str, weights: str, overrides: list[str]) -> tuple[Any, Any, Any]:
     """(model in eval mode on its device, the run's tokenizer, device) for `weights` and the config."""
     from trainer.build import import_plugins
-    from trainer.checkpoint import load_model_state, read_weights
+    from trainer.checkpoint import load_model_state
+    from trainer.checkpoint.readers import extract_weights, read_whole, revise_keys
     from trainer.config import load_config
     from trainer.distributed.device import resolve_device
     from trainer.errors import InputError
+    from trainer.guards.data_identity import check_tokenizer, recorded_data
     from trainer.registry import DATASETS, MODELS, build
 
     config = load_config(config_path, overrides)
@@ -83,7 +88,12 @@ def load_model_and_tokenizer(config_path: str, weights: str, overrides: list[str
         raise InputError(f"config key data.train: {config.data.train.type} has no tokenizer; sampling needs a text dataset")
     if hasattr(model, "check_data"):
         model.check_data(dataset, key="data.train")
-    state = read_weights(weights, "auto", [], what="--weights")  # a .pth's params, a .pt's model, or a state dict
+    whole = read_whole(weights, "--weights")
+    state = revise_keys(extract_weights(whole, "auto", weights, "--weights"), [])  # a .pth's params, a .pt's model, ...
+    saved_data, note = recorded_data(whole, weights)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    check_tokenizer(saved_data, dataset, weights)  # another tokenizer: the ids would stand for other text
     fix = "pass the config the weights were trained with"
     load_model_state(model, state, strict=True, source=f"--weights {weights}", fix=fix)
     return model.to(device).eval(), tokenizer, device

@@ -1,9 +1,15 @@
 """Show what a checkpoint holds: python tools/show_checkpoint.py PATH.
 
 Prints the format (full .pt, weight-only .pth, safetensors or another tool's file), iteration,
-epoch, best metrics, parameter count and size, the top-level keys, and the run's config as
-YAML. Files are read with `torch.load(weights_only=True)` (through trainer.checkpoint.load_file)
-or safetensors, so showing an untrusted file never runs code from it.
+epoch, best metrics, parameter count and size, the checksums checked, the top-level keys, and
+the run's config as YAML. Files are read with `torch.load(weights_only=True)` (through
+trainer.checkpoint.load_file) or safetensors, so showing an untrusted file never runs code from it.
+
+Nothing damaged is called good: a file whose records do not match their CRC-32 is one `error:`
+line (exit 2), as resume_path would say; a sharded .dcp directory is `complete` only when every
+file its .metadata names is there with the size it implies and every recorded CRC-32 matches,
+else `damaged: <the file and what is wrong>`. Parameters are counted as the run's log counts
+them: a tensor tied under two names (GPT's lm_head.weight is its token embedding) once.
 """
 
 from __future__ import annotations
@@ -50,14 +56,15 @@ def describe(path: Path) -> tuple[list[tuple[str, str]], dict | None]:
     from trainer.checkpoint.formats import format_of
     from trainer.errors import InputError
 
-    if format_of(path).is_directory:  # trainer/checkpoint/formats: a sharded .dcp directory
+    if format_of(path).is_directory:  # trainer/checkpoint/formats: a sharded .dcp directory (or its .partial)
         return _describe_sharded(path)
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"checkpoint {path} does not exist; check the path")
-    size = f"{path} ({path.stat().st_size / 1e6:.2f} MB)"
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" and path.is_file():
+        size = f"{path} ({path.stat().st_size / 1e6:.2f} MB)"
         return [("file", size), *_describe_safetensors(path)], None
-    obj = load_file(path, "checkpoint")
+    obj = load_file(path, "checkpoint")  # a directory: says what to give instead; damaged records: exit 2
+    size = f"{path} ({path.stat().st_size / 1e6:.2f} MB)"
     keys = _first_keys(obj) if isinstance(obj, dict) else f"none (a {type(obj).__name__})"
     if isinstance(obj, dict) and KEY_FORMAT in obj:
         rows = [
@@ -65,7 +72,7 @@ def describe(path: Path) -> tuple[list[tuple[str, str]], dict | None]:
             ("iteration", str(obj.get(KEY_ITERATION, "?"))),
             ("epoch", str(obj.get(KEY_EPOCH, "?"))),
             ("best", best_text(obj.get(KEY_BEST) or {})),
-            ("parameters", tensor_summary(obj.get(KEY_MODEL) or {}) + " (model)"),
+            ("parameters", tensor_summary(obj.get(KEY_MODEL) or {}, "model")),
             ("ema", "yes: the .pth beside it holds the EMA weights" if obj.get("ema") else "no"),
         ]
         config = obj.get(KEY_CONFIG)
@@ -81,7 +88,7 @@ def describe(path: Path) -> tuple[list[tuple[str, str]], dict | None]:
         what = "a bare state dict (as torchvision and timm save)" if bare else "not a Kiln checkpoint"
         rows = [("format", f"other: {what}"), ("parameters", _foreign_weights(obj, path))]
         config = None
-    return [("file", size), *rows, ("top-level keys", keys)], config
+    return [("file", size), *rows, ("checksums", _record_checksums(path)), ("top-level keys", keys)], config
 
 
 def describe_location(location: str) -> tuple[list[tuple[str, str]], dict | None]:
@@ -96,19 +103,21 @@ def describe_location(location: str) -> tuple[list[tuple[str, str]], dict | None
 
 
 def _describe_sharded(path: Path) -> tuple[list[tuple[str, str]], dict | None]:
-    """Rows for a sharded checkpoint directory: complete or not, who saved it, what it holds."""
+    """Rows for a sharded checkpoint directory: complete, incomplete or damaged, who saved it, what it holds."""
     from trainer.checkpoint import KEY_BEST, KEY_CONFIG, KEY_EPOCH, KEY_ITERATION, dcp, load_file
+    from trainer.errors import InputError
 
     size = f"{path} ({dcp.describe_size(path) / 1e6:.2f} MB in {sum(1 for _ in path.iterdir())} files)"
-    if dcp.is_complete(path):
-        status = "complete"
-    else:
-        missing = dcp.METADATA_FILE if (path / dcp.STATE_FILE).is_file() else dcp.STATE_FILE
-        status = f"incomplete (no {missing}: its save did not finish; never resumed from)"
+    status, checksums = _sharded_status(path)
     rows = [("file", size), ("format", f"sharded checkpoint (torch.distributed.checkpoint), {status}")]
     if not (path / dcp.STATE_FILE).is_file():
         return rows, None
-    state = load_file(path / dcp.STATE_FILE, "checkpoint")
+    try:
+        state = load_file(path / dcp.STATE_FILE, "checkpoint")
+    except InputError:
+        if status.startswith("damaged"):  # kiln_state.pt itself: the status row has said so
+            return rows, None
+        raise
     processes = state.get(dcp.KEY_WORLD_SIZE, "?")
     rows += [
         ("saved by", f"{processes} process{'es' if processes != 1 else ''} (resumes on any number)"),
@@ -116,11 +125,78 @@ def _describe_sharded(path: Path) -> tuple[list[tuple[str, str]], dict | None]:
         ("epoch", str(state.get(KEY_EPOCH, "?"))),
         ("best", best_text(state.get(KEY_BEST) or {})),
     ]
-    if status == "complete":
-        shapes = dcp.model_shapes(path)
-        count = sum(_numel(shape) for shape in shapes.values())
-        rows.append(("parameters", f"{count:,} in {len(shapes)} tensors (model)"))
+    if checksums is not None:  # complete and intact: the tensors can be read
+        rows += [("parameters", _sharded_parameters(path, state)), ("checksums", checksums)]
     return rows, state.get(KEY_CONFIG)
+
+
+def _sharded_status(path: Path) -> tuple[str, str | None]:
+    """(`complete`, `incomplete (why ...)` or `damaged: what ...`; the checksums row when complete and intact)."""
+    from trainer.checkpoint import dcp
+
+    if not dcp.is_complete(path):
+        return f"incomplete ({dcp.incomplete_reason(path)}; never resumed from)", None
+    damage, checked = dcp.find_damage(path)
+    if damage is not None:
+        return f"damaged: {damage} (resume_path and pretrain_path refuse it; resume_path=auto skips it)", None
+    if checked:
+        return "complete", f"CRC-32 of {checked} files match what was written"
+    return "complete", "none recorded (written before Kiln recorded them); every shard has the size .metadata implies"
+
+
+def _sharded_parameters(path: Path, state: dict) -> str:
+    """'119,104 in 11 tensors (model); lm_head.weight is transformer.wte.weight (tied, counted once)'.
+
+    A sharded checkpoint stores a tied tensor under each of its names. A model entry the
+    optimizer does not hold (it holds each Parameter once, by its first name) that is equal to
+    one of the same shape it does hold is that tensor's second name: counted once, as the
+    run's log counts `model.parameters()`.
+    """
+    from trainer.checkpoint import dcp
+
+    shapes = dcp.model_shapes(path)
+    groups = (state.get("optimizer") or {}).get("param_groups") or []
+    trained = {name for group in groups for name in group.get("params", []) if isinstance(name, str) and name in shapes}
+    tied = _tied_entries(path, shapes, trained)
+    count = sum(_numel(shape) for key, shape in shapes.items() if key not in tied)
+    return f"{count:,} in {len(shapes) - len(tied)} tensors (model)" + _tied_note(tied)
+
+
+def _tied_entries(path: Path, shapes: dict[str, tuple[int, ...]], trained: set[str]) -> dict[str, str]:
+    """{second name: first name} of the model entries of a sharded checkpoint that repeat a trained tensor."""
+    import torch
+
+    from trainer.checkpoint import dcp
+
+    candidates = {key for key in shapes if key not in trained and any(shapes[name] == shapes[key] for name in trained)}
+    if not candidates:
+        return {}
+    partners = {name for name in trained if any(shapes[name] == shapes[key] for key in candidates)}
+    tensors = dcp.load_entries(path, [f"model.{key}" for key in sorted(candidates | partners)])
+    tied = {}
+    for key in sorted(candidates):
+        same = [name for name in sorted(partners) if torch.equal(tensors[f"model.{key}"], tensors[f"model.{name}"])]
+        if same:
+            tied[key] = same[0]
+    return tied
+
+
+def _tied_note(tied: dict[str, str]) -> str:
+    """'; lm_head.weight is transformer.wte.weight (tied, counted once)', or '' without ties."""
+    if not tied:
+        return ""
+    pairs = ", ".join(f"{second} is {first}" for second, first in sorted(tied.items()))
+    return f"; {pairs} (tied, counted once)"
+
+
+def _record_checksums(path: Path) -> str:
+    """The checksums row of a PyTorch file (load_file has checked them: they match)."""
+    from trainer.checkpoint.files import check_records
+
+    checked = check_records(path, "checkpoint")
+    if checked:
+        return f"CRC-32 of {checked} records match what was written"
+    return "none recorded (not a zip archive, or saved with CRC-32 off): nothing to check"
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -166,19 +242,31 @@ def _foreign_weights(obj: Any, path: Path) -> str:
     from trainer.errors import InputError
 
     try:
-        return tensor_summary(extract_weights(obj, "auto", path)) + " (what pretrain_key: auto finds)"
+        return tensor_summary(extract_weights(obj, "auto", path), "what pretrain_key: auto finds")
     except InputError:
         return "no state dict under params, model or state_dict, nor at the top level (set pretrain_key to use it)"
 
 
-def tensor_summary(state: dict) -> str:
-    """'151,306 in 8 tensors, 0.61 MB': values (parameters and buffers) and their size."""
+def tensor_summary(state: dict, note: str = "") -> str:
+    """'151,306 in 8 tensors, 0.61 MB (note)': values (parameters and buffers) and their size; a
+    tensor saved under two names (tied weights: torch.save keeps them one storage) counts once."""
     import torch
 
-    tensors = [value for value in state.values() if isinstance(value, torch.Tensor)]
+    first_name: dict[tuple, str] = {}
+    tied: dict[str, str] = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        view = (value.untyped_storage().data_ptr(), value.storage_offset(), value.dtype, tuple(value.shape), value.stride())
+        if value.numel() and view in first_name:
+            tied[str(key)] = first_name[view]
+        else:
+            first_name[view] = str(key)
+    tensors = [value for key, value in state.items() if isinstance(value, torch.Tensor) and str(key) not in tied]
     count = sum(tensor.numel() for tensor in tensors)
     size = sum(tensor.numel() * tensor.element_size() for tensor in tensors) / 1e6
-    return f"{count:,} in {len(tensors)} tensors, {size:.2f} MB"
+    described = f" ({note})" if note else ""
+    return f"{count:,} in {len(tensors)} tensors, {size:.2f} MB{described}" + _tied_note(tied)
 
 
 def best_text(best: dict) -> str:

@@ -38,8 +38,50 @@ def build_optimizer(spec: Component, model: nn.Module, device: torch.device) -> 
     parameters = list(model.parameters())
     extra = {"fused": True} if _can_default_to_fused(own, parameters, device) else {}
     if groups is not None:
-        return build(OPTIMIZERS, own, param_groups(own, groups, model), key="optimizer", **extra)
-    return build(OPTIMIZERS, own, parameters, key="optimizer", **extra)
+        optimizer = build(OPTIMIZERS, own, param_groups(own, groups, model), key="optimizer", **extra)
+    else:
+        optimizer = build(OPTIMIZERS, own, parameters, key="optimizer", **extra)
+    _name_parameters(optimizer, model)
+    return optimizer
+
+
+# The param-group key that names the group's parameters, in order: torch.optim's own (its
+# state_dict keeps it beside `params`, and load_state_dict takes the saved one).
+PARAM_NAMES = "param_names"
+
+
+def _name_parameters(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+    """Record in every param group the names of its parameters, so that a checkpoint says which
+    parameter each moment belongs to: torch.optim matches them by position on load, and a resume
+    whose groups select other parameters is refused by name (`group_selection`)."""
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    for group in getattr(optimizer, "param_groups", []):
+        if PARAM_NAMES not in group:  # an optimizer built from named parameters has them already
+            group[PARAM_NAMES] = [names.get(id(parameter), "?") for parameter in group["params"]]
+
+
+def group_selection(groups: list[dict[str, Any]]) -> list[list[str]] | None:
+    """The parameter names of each param group (of an optimizer, or of a saved state dict's
+    `param_groups`), or None when a group does not record them (a checkpoint from before they were)."""
+    selection = [group.get(PARAM_NAMES) for group in groups]
+    return None if any(names is None for names in selection) else [list(names) for names in selection]
+
+
+def configured_selection(optimizer: dict[str, Any], model: nn.Module) -> list[list[str]] | None:
+    """The parameter names of each param group that the config section `optimizer` (a plain dict,
+    as a checkpoint's config holds it) builds over `model`; None when it no longer builds."""
+    groups = optimizer.get("param_groups")
+    names = [name for name, _ in model.named_parameters()]
+    if groups is None:
+        return [names]
+    arguments = {key: value for key, value in optimizer.items() if key not in ("type", "param_groups")}
+    spec = Component(str(optimizer.get("type")), arguments)
+    try:
+        built = param_groups(spec, groups, model)
+    except InputError:  # a group this Kiln refuses: nothing to compare with
+        return None
+    by_id = {id(parameter): name for name, parameter in model.named_parameters()}
+    return [[by_id[id(parameter)] for parameter in group["params"]] for group in built]
 
 
 def _can_default_to_fused(spec: Component, parameters: Iterable[torch.Tensor], device: torch.device) -> bool:

@@ -105,6 +105,8 @@ class OptimizerStep:
         if self.skip_bad_steps:
             if grad_norm is None:
                 grad_norm = nn.utils.get_total_norm([p.grad for p in self._parameters if p.grad is not None])
+            if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor norm of this rank's shards; the whole one (every rank)
+                grad_norm = grad_norm.full_tensor()
             bad = ~torch.isfinite(total) | ~torch.isfinite(grad_norm)
             step_unless(self.optimizer, bad)
             self.guard.observe(bad)

@@ -27,6 +27,7 @@ from trainer.distributed.device import configure_backends, resolve_device, wants
 from trainer.distributed.process import from_environment
 from trainer.errors import InputError, TrainingError
 from trainer.evaluation.evaluator import best_text, evaluate, is_better
+from trainer.guards.data_identity import KEY_DATA, RunData
 from trainer.guards.outputs import RunDirectory, check_output_dirs, check_shared_checkpoint_dir
 from trainer.guards.preflight import preflight
 from trainer.guards.signals import StopSignals
@@ -56,6 +57,7 @@ class Trainer:
         configure_backends(config.deterministic)
         seed_everything(config.seed)  # the same initial weights on every rank
         self._adopt(build_components(config, self.dist, self.device))
+        self.run_data = RunData(self.train_loader, self.val_loader)  # train and val of one corpus agree: exit 2 if not
         seed_everything(config.seed + self.dist.rank)  # each rank its own dropout stream
         self._preflight()  # a model, loss or data that do not fit: exit 2 before any file is touched
         check_shared_checkpoint_dir(config.checkpoint.dir, self.dist)  # several nodes: before any rank reads it
@@ -80,6 +82,7 @@ class Trainer:
         self.lock = self.outputs.lock(self.device)
         try:
             self.logger = self._open_outputs(changes, notes)
+            self.checkpoints.report = self.logger.info  # e.g. where a checkpoint superseded in another format went
         except BaseException:
             self.lock.release()
             raise
@@ -124,6 +127,7 @@ class Trainer:
             "trackers": self.trackers.state(),  # {tracker: its run id ...}: a resume continues the same tracker runs
             # The steps since the last log line, so that a resumed run logs the same mean loss.
             "pending_losses": self.dist.gather_objects(self.losses.stacked(float32=False).cpu()),
+            KEY_DATA: self.run_data.state(),  # what the run trains and validates on: a resume must match it
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -167,6 +171,7 @@ class Trainer:
         """
         config = self.config
         path, checkpoint, skipped = find_checkpoint(config.resume_path, self.checkpoints)
+        skipped += self.run_data.check_start(checkpoint, path, config.resume_data)  # other data: exit 2 before loading
         if checkpoint is None:
             return None, skipped + load_pretrained(self.model, config, self.strategy)
         took_over = restore_components(checkpoint, path, config=config, state=self.training_state)
@@ -187,7 +192,7 @@ class Trainer:
             for note in notes:
                 logger.info(note)
             self.outputs.record(logger.save_text, self.run_id, changes, self.iteration)
-            logger.start_tracking(name=self.config.name, run_id=self.run_id, config=self.config.to_dict())
+            logger.start_tracking(name=self.config.name, run_id=self.run_id, config=self.config.to_dict(), best=self.best_metrics)
             return logger
         except OSError as error:
             raise InputError(

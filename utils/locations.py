@@ -30,3 +30,17 @@ def protocol_of(url: str) -> str:
 def basename(location: str | Path) -> str:
     """The last component of a path or URL."""
     return str(location).rstrip("/").rsplit("/", 1)[-1]
+
+
+# Stores whose URLs start with a bucket (S3, GCS) or a container (Azure): `s3://bucket/prefix`.
+BUCKETED = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
+
+
+def bucket_of(url: str) -> str:
+    """The first component after `://`: the bucket of `s3://bucket/key` ('' for `s3://`)."""
+    return str(url).split("://", 1)[-1].split("/", 1)[0]
+
+
+def names_no_bucket(url: str | Path) -> bool:
+    """Whether `url` is a URL of a bucketed store that names no bucket (`s3://`, `s3:///key`)."""
+    return is_url(url) and protocol_of(str(url)) in BUCKETED and not bucket_of(str(url))

@@ -1,11 +1,20 @@
 """Reading one weights or checkpoint file safely: `torch.load(..., weights_only=True)` for
 PyTorch files, safetensors for `.safetensors` files and Hugging Face folders; a URL is read
-from a temporary download. Any failure is one InputError line naming the file."""
+from a temporary download. Any failure is one InputError line naming the file.
+
+Integrity: a PyTorch file is a zip archive whose every record (the pickled structure
+`data.pkl`, each tensor's storage `data/<n>`) carries the CRC-32 torch.save computed while it
+wrote it. torch.load never checks them, so a flipped byte in a tensor loads silently;
+`check_records` checks them all before the file is unpickled, and a mismatch is an InputError
+saying the file is damaged. The .pth stays plain `{"params": state_dict}`: its checksums are
+inside the file, so they travel with every copy of it.
+"""
 
 from __future__ import annotations
 
 import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +23,9 @@ import torch
 from trainer.checkpoint import weight_files
 from trainer.checkpoint.storage import is_url, local_copy
 from trainer.errors import InputError, first_line
+
+DAMAGED_FIX = "use an intact copy or another checkpoint"  # the fix of every "is damaged" error
+_CHUNK = 8 * 2**20
 
 
 def load_file(path: str | Path, what: str) -> Any:
@@ -33,6 +45,7 @@ def load_file(path: str | Path, what: str) -> Any:
         )
     if not path.is_file():
         raise InputError(f"{what} {path} does not exist; check the path")
+    check_records(path, what)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -49,3 +62,38 @@ def load_file(path: str | Path, what: str) -> Any:
     except Exception as error:  # noqa: BLE001 - torch.load on damaged bytes raises all sorts (IndexError, EOFError, ...)
         reason = first_line(error)
         raise InputError(f"{what} {path} is corrupt, truncated or not a PyTorch file ({reason}); use another file") from None
+
+
+def check_records(path: Path, what: str) -> int:
+    """Check the CRC-32 of every record of the PyTorch zip file `path`; return how many were checked.
+
+    InputError naming the file and the record when one does not match. A record whose stored
+    CRC is 0 has none (torch.save with `torch.utils.serialization.config.save.compute_crc32`
+    off), and a file that is no zip archive (torch's legacy format, another tool's file) holds
+    none: those are left to torch.load, which judges what it can.
+    """
+    if not zipfile.is_zipfile(path):
+        return 0
+    checked, name = 0, None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                name = info.filename
+                if info.CRC == 0:  # nothing recorded (an empty record's CRC is 0 too): nothing to check
+                    continue
+                with archive.open(info) as record:  # zipfile compares the CRC-32 once the record is read to its end
+                    while record.read(_CHUNK):
+                        pass
+                checked += 1
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        raise InputError(f"{what} {path} is damaged: {_record_damage(name, first_line(error))}; {DAMAGED_FIX}") from None
+    return checked
+
+
+def _record_damage(name: str | None, reason: str) -> str:
+    """What `check_records` found wrong with the record `name` (None: the archive's directory)."""
+    if name is None:
+        return f"its zip directory is unreadable ({reason})"
+    if reason.startswith("Bad CRC-32"):
+        return f"its record {name} does not match the CRC-32 saved with it, so its bytes changed after it was written"
+    return f"its record {name} is unreadable ({reason})"

@@ -5,6 +5,9 @@
   for `file`, a `.dcp/` directory for `sharded`: trainer/checkpoint/formats/).
 - `latest` scans only complete checkpoints, of either format; `prune` runs only after the newest
   save is complete and never touches best; `archive_existing` moves an earlier run's files aside.
+- After a `checkpoint.format` change, a tag is never held in two formats: once a save of a tag
+  is complete, what the other format holds under the same tag (a stale `best.dcp` beside the
+  new `best.pt`) is moved into `<name>_archived_<stamp>/`, and `report` says where.
 
 The manager never asks which format it holds: it calls the format object the config names to
 write, and the format a listed name's suffix gives to judge, read and remove.
@@ -12,6 +15,7 @@ write, and the format a listed name's suffix gives to judge, read and remove.
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -60,7 +64,9 @@ class CheckpointManager:
         # another experiment's whose name merely starts with this one (`<name>_v2_best.pth`).
         self._own_file = re.compile(rf"^{re.escape(name)}_(iter_\d+|best)\.[A-Za-z0-9]+$")
         self.files = FileWriter(self.storage, background, on_complete=self.prune)
-        self.format = FORMATS[fmt](self.storage, name, self.dist, self.prune, self.files, background)  # writes every save
+        # writes every save; once a tag is saved, what another format holds under it is moved aside
+        self.format = FORMATS[fmt](self.storage, name, self.dist, self.prune, self.files, background, self._supersede)
+        self.report: Callable[[str], Any] = lambda message: None  # the Trainer's log, once it has one
         # The run id of every checkpoint this manager read: holds_other_run need not fetch a
         # remote .pt twice (resume_path auto has just downloaded the newest).
         self._run_ids: dict[str, str | None] = {}
@@ -104,6 +110,30 @@ class CheckpointManager:
         """Block until the save in flight (if any) is complete; raise the error it met."""
         self.format.wait()
         self.files.wait()
+
+    def _supersede(self, tag: str, written: tuple[str, ...]) -> None:
+        """Rank 0, once `written` hold the complete checkpoint `tag`: move the checkpoint another
+        format holds under the same tag (left before a checkpoint.format change), and the .pth
+        beside it unless this save wrote that one, into `<name>_archived_<stamp>/`; report where.
+
+        Left in place, `<name>_best.dcp` beside a newer `<name>_best.pt` would offer two different
+        "best" models, and tools, pretrain_path or a person could pick the stale one.
+        """
+        if self.storage.remote:
+            return  # sharded checkpoints are never on object storage: no other format to find there
+        stem = f"{self.name}_{tag}"
+        others = {entry.name for entry in self.storage.entries()} - set(written)
+        stale = [f"{stem}{suffix}" for suffix in formats.SUFFIXES if f"{stem}{suffix}" in others]
+        if not stale:
+            return
+        if f"{stem}.pth" in others:  # the weights of the stale checkpoint, not of this save
+            stale.append(f"{stem}.pth")
+        stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S")
+        moved = self.storage.archive(stale, f"{self.name}_archived_{stamp}")
+        self.report(
+            f"{', '.join(stale)}: an older {tag} checkpoint in another format (checkpoint.format changed), "
+            f"superseded by {written[0]}; moved to {moved}"
+        )
 
     # -- finding ------------------------------------------------------------------------------
 

@@ -2,7 +2,10 @@
 every tool: a URL is downloaded first (trainer/checkpoint/files.py), a sharded `.dcp` directory is
 read by its format, anything else is a file (`.pt`, `.pth`, `.safetensors`, a Hugging Face
 folder or sharded index). Everything is read with `torch.load(weights_only=True)` or
-safetensors: checkpoint files are untrusted input.
+safetensors: checkpoint files are untrusted input. And nothing damaged is read: a PyTorch file's
+records are checked against their CRC-32 first (files.check_records), a .dcp's files against the
+sizes its .metadata implies and the CRC-32 of kiln_checksums.json (dcp.check_intact); a mismatch
+is an InputError naming the file.
 """
 
 from __future__ import annotations

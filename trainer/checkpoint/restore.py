@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from trainer.checkpoint.formats import format_of
-from trainer.checkpoint.layout import KEY_CONFIG, KEY_ITERATION, KEY_SCHEDULER, TrainingState
+from trainer.checkpoint.layout import KEY_CONFIG, KEY_ITERATION, KEY_OPTIMIZER, KEY_SCHEDULER, TrainingState
 from trainer.checkpoint.loading import load_model_state
 from trainer.checkpoint.manager import CheckpointManager
 from trainer.checkpoint.readers import read_weights
@@ -20,7 +20,7 @@ from trainer.checkpoint.storage import as_location
 from trainer.config.schema import Config, config_changes
 from trainer.distributed.strategy import SingleDevice
 from trainer.errors import InputError
-from trainer.optim import IMPLEMENTATION_KEYS, load_keeping_implementation
+from trainer.optim import IMPLEMENTATION_KEYS, configured_selection, group_selection, load_keeping_implementation
 
 
 def find_checkpoint(
@@ -71,6 +71,7 @@ def restore_components(checkpoint: dict[str, Any], path: Path | str, *, config: 
             "weights with pretrain_path"
         )
     take_over_schedule = bool(schedule_changes(checkpoint, config, path))
+    check_group_selection(checkpoint, state, path)
     optimizer, scheduler = state.optimizer, state.scheduler
     configured = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
     try:
@@ -85,6 +86,47 @@ def restore_components(checkpoint: dict[str, Any], path: Path | str, *, config: 
             "resume with the optimizer the run was started with"
         ) from None
     return take_over_schedule
+
+
+def check_group_selection(checkpoint: dict[str, Any], state: TrainingState, path: Path | str) -> None:
+    """InputError when the param groups select other parameters than at the checkpoint.
+
+    torch.optim matches the saved moments (Adam's exp_avg, momentum buffers) to parameters by
+    position within each group, so a changed selection under resume_schedule=extend would hand
+    them to other parameters of the same shape without a word. The names come from the groups'
+    `param_names` (recorded since Kiln names them), else from the checkpoint's config.
+    """
+    saved = group_selection(checkpoint[KEY_OPTIMIZER].get("param_groups") or [])
+    if saved is None:
+        saved = configured_selection(checkpoint[KEY_CONFIG].get("optimizer") or {}, state.model)
+    now = group_selection(state.optimizer.param_groups)
+    if saved is None or now is None or saved == now:
+        return
+    raise InputError(
+        f"resume_path {path}: optimizer.param_groups select other parameters than at the checkpoint "
+        f"({_selection_change(saved, now)}), and its optimizer moments would go to other parameters (they are "
+        "matched by position); select the same parameters as the checkpoint's config (a group's lr or weight_decay "
+        "may change under resume_schedule=extend), or start a new run from these weights with pretrain_path"
+    )
+
+
+def _selection_change(saved: list[list[str]], now: list[list[str]]) -> str:
+    """'param group 1 gains b.weight, loses c.bias' for the first group that differs."""
+    if len(saved) != len(now):
+        return f"{len(saved)} param groups then, {len(now)} now"
+    index, (before, after) = next((i, pair) for i, pair in enumerate(zip(saved, now, strict=True)) if pair[0] != pair[1])
+    gained = [name for name in after if name not in before]
+    lost = [name for name in before if name not in after]
+    if not gained and not lost:
+        return f"param group {index} has the same parameters in another order"
+    parts = [f"{verb} {_some(names)}" for verb, names in (("gains", gained), ("loses", lost)) if names]
+    return f"param group {index} " + " and ".join(parts)
+
+
+def _some(names: list[str], shown: int = 3) -> str:
+    """'a, b, c, ... (7 in all)'."""
+    more = f", ... ({len(names)} in all)" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _take_over_schedule(
@@ -108,7 +150,7 @@ def _take_over_schedule(
 
 
 # How a run is resumed, not what it runs: never reported as a change.
-_HOW_RESUMED = ("resume_path", "resume_schedule")
+_HOW_RESUMED = ("resume_path", "resume_schedule", "resume_data")
 
 
 def changes_since(checkpoint: dict[str, Any], config: Config) -> list[str]:
@@ -159,12 +201,17 @@ def resume_notes(
     notes = [f"resumed from {path} at iteration {iteration} (epoch {epoch})"]
     saved, now = world_sizes
     if saved != now:  # the global batch and sample order are the same; the per-rank share is not
-        notes.append(f"world size changed: the checkpoint was saved by {saved} processes, this run has {now}")
+        notes.append(f"world size changed: the checkpoint was saved by {_processes(saved)}, this run has {now}")
     if changes:
         notes.append("config changed since the checkpoint: " + "; ".join(changes))
     if took_over:
         notes.append(f"resume_schedule extend: the config's optimizer settings and scheduler take over at iteration {iteration}")
     return notes
+
+
+def _processes(count: int) -> str:
+    """'1 process', '2 processes'."""
+    return f"{count} process" if count == 1 else f"{count} processes"
 
 
 def load_pretrained(model: nn.Module, config: Config, strategy: SingleDevice | None = None) -> list[str]:

@@ -1,12 +1,18 @@
 """Writing torch-saved objects as files into a checkpoint storage: atomically, in order, on the
 training thread or on one background thread after a copy to host memory. The formats share it:
-the file format writes its .pt + .pth pair through it, the sharded format its .pth."""
+the file format writes its .pt + .pth pair through it, the sharded format its .pth.
+
+Every file is written with the CRC-32 of each of its zip records (torch.save's default, kept on
+here even if the process switched it off): trainer/checkpoint/files.check_records verifies them
+whenever the file is read, so a byte that changes on disk later is caught, not loaded.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +45,23 @@ def to_host(obj: Any, *, copy: bool) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(to_host(item, copy=copy) for item in obj)
     return obj
+
+
+@contextmanager
+def recording_checksums() -> Iterator[None]:
+    """torch.save computes the CRC-32 of every record inside (its default, which
+    `torch.utils.serialization.config.save.compute_crc32 = False` turns off to save time)."""
+    try:
+        from torch.utils.serialization import config
+    except ImportError:  # a torch without the switch always computes them
+        yield
+        return
+    previous = config.save.compute_crc32
+    config.save.compute_crc32 = True
+    try:
+        yield
+    finally:
+        config.save.compute_crc32 = previous
 
 
 class FileWriter:
@@ -85,10 +108,11 @@ class FileWriter:
         items = list(zip(snapshot, names, strict=True))
         if self.storage.remote:  # a listing counts the .pt: it goes up last, after the .pth it vouches for
             items.reverse()
-        with self.storage.writer() as writer:
+        with self.storage.writer() as writer, recording_checksums():
             try:
                 for obj, name in items:
                     atomic_torch_save(obj, writer.path(name))
+                for _, name in items:  # all staged before the first upload: a failed one keeps the whole pair locally
                     writer.commit(name)
             except OSError as error:
                 raise TrainingError(
@@ -118,5 +142,3 @@ class FileWriter:
         if self._write_error is not None:
             error, self._write_error = self._write_error, None
             raise error
-
-

@@ -21,7 +21,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from trainer.config.files import apply_override, dump_yaml, load_document, yaml_type_name
 from trainer.errors import InputError, did_you_mean
-from utils.locations import is_url
+from utils.locations import is_url, names_no_bucket, protocol_of
 
 # ---------------------------------------------------------------------------------------------
 # The typed config
@@ -161,7 +161,10 @@ class CheckpointConfig:
     (.dcp) every rank writes its own shards into, resumable on another world size."""
 
     def __post_init__(self) -> None:
-        """A sharded checkpoint needs a filesystem every rank writes into, which an object store is not."""
+        """An object store URL names a bucket; a sharded checkpoint needs a filesystem every rank
+        writes into, which an object store is not."""
+        if names_no_bucket(self.dir):  # else botocore's "Parameter validation failed" would read as a network fault
+            raise InputError(f"config key checkpoint.dir: {self.dir} names no bucket; give {protocol_of(self.dir)}://BUCKET/PREFIX")
         if self.format == "sharded" and is_url(self.dir):
             raise InputError(
                 f"config key checkpoint.format: sharded needs checkpoint.dir on a local or shared filesystem (every "
@@ -244,6 +247,10 @@ class Config:
     """On resume: checkpoint (the optimizer and scheduler continue as saved; a config that changes
     their settings is refused) | extend (the config's optimizer settings and scheduler take over
     at the resume iteration, the scheduler's clock being the global iteration)."""
+    resume_data: Literal["check", "accept"] = "check"
+    """On resume: check (data whose identity differs from the checkpoint's, such as a corpus
+    with a file added or a retrained tokenizer, is refused, naming what changed) | accept (the
+    run goes on with the new data on purpose, and the log says what changed)."""
     pretrain_path: str | None = None
     """Weights to fine-tune from (.pth, .pt, or another tool's state dict)."""
     pretrain_key: str = "auto"

@@ -3,12 +3,19 @@
 Everything here is torch.distributed; nothing is home-made. Under torchrun (RANK, LOCAL_RANK
 and WORLD_SIZE set, WORLD_SIZE > 1) the process group uses nccl on CUDA and gloo on CPU; in a
 plain `python train.py` every helper degrades to the single-process answer.
+
+A worker whose launcher dies stops as if sent SIGTERM (`end_with_launcher`): torchrun starts its
+workers in sessions of their own, so after a `kill -9` of torchrun nothing else would tell them,
+and they would train on and write checkpoints that a restarted job then races with.
 """
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import os
+import signal
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +25,13 @@ import torch.distributed as dist
 
 # How long a collective may wait for a missing rank before the job fails instead of hanging.
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=10)
+# torchrun (torch.distributed.run) sets it in every worker's environment.
+TORCHRUN_ENV = "TORCHELASTIC_RUN_ID"
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# (this process, its parent) at import, before torch.distributed is set up: a launcher that died
+# before `end_with_launcher` asked the kernel to tell shows as a changed parent. (A process forked
+# after the import has another pid, and the process that forked it as its parent.)
+_STARTED_AS = (os.getpid(), os.getppid())
 
 
 @dataclass(frozen=True)
@@ -71,8 +85,31 @@ class Distributed:
             dist.destroy_process_group()
 
 
+def end_with_launcher(signum: int = signal.SIGTERM) -> bool:
+    """Under torchrun on Linux: have the kernel send this worker `signum` when its launcher dies.
+
+    The training loop treats it as any SIGTERM (save at the next agreed iteration, exit 143).
+    `prctl(PR_SET_PDEATHSIG)` fires when the thread that started this process ends; torchrun
+    starts its workers from its main thread, so that is the launcher's death. A launcher that
+    died before this call is caught by the parent check: the signal is raised here and now.
+    Returns whether the kernel was asked (False outside torchrun, off Linux, without prctl).
+    """
+    if TORCHRUN_ENV not in os.environ or not sys.platform.startswith("linux"):
+        return False
+    try:
+        armed = ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signum)) == 0
+    except (OSError, AttributeError):  # no prctl in this libc: the launcher's death goes unnoticed, as before
+        return False
+    pid, parent = _STARTED_AS
+    if armed and pid == os.getpid() and os.getppid() != parent:
+        signal.raise_signal(signum)  # the launcher is gone already: stop as its signal would have stopped us
+    return armed
+
+
 def from_environment(use_cuda: bool) -> Distributed:
-    """Read torchrun's environment and join the process group (nccl on CUDA, gloo on CPU)."""
+    """Read torchrun's environment and join the process group (nccl on CUDA, gloo on CPU); under
+    torchrun a worker also ends with its launcher (`end_with_launcher`)."""
+    end_with_launcher()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return Distributed()

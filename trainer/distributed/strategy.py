@@ -29,7 +29,8 @@ class SingleDevice:
 
     name: Literal["single", "ddp", "fsdp"] = "single"
     # Whether this strategy's whole optimizer state dict names parameters (FSDP's) rather than
-    # numbering them (torch.optim's): a file checkpoint resumes only into a strategy that keys it alike.
+    # numbering them (torch.optim's): a file checkpoint keyed the other way is converted on load
+    # (trainer/checkpoint/optimizer_keys.py).
     keys_optimizer_by_name = False
 
     def __init__(self, dist: Distributed | None = None) -> None:
@@ -57,6 +58,15 @@ class SingleDevice:
     def load_optimizer_state(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
         """The inverse of `optimizer_state`."""
         optimizer.load_state_dict(state)
+
+    def parameter_names(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> list[list[str]]:
+        """The name of every parameter `optimizer` steps, group by group, in the order torch.optim
+        numbers them: what relates a state keyed by index to one keyed by name."""
+        named = {id(parameter): name for name, parameter in model.named_parameters()}
+        try:
+            return [[named[id(parameter)] for parameter in group["params"]] for group in optimizer.param_groups]
+        except KeyError:
+            raise ValueError("the optimizer steps a parameter that is not the model's") from None
 
     def sharded_state(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, ema: nn.Module | None
@@ -119,25 +129,53 @@ class FSDP(SingleDevice):
         """The whole state dict, gathered onto the host (every rank must call this)."""
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
+        _reshard(model)
         return get_model_state_dict(model, options=_full_options())
 
     def load_model_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         """A whole state dict, sharded onto every rank."""
         from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
+        _reshard(model)
         set_model_state_dict(model, state, options=_full_options(strict=False))
 
     def optimizer_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         """The whole optimizer state keyed by parameter name, gathered onto the host."""
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
+        _reshard(model)
         return get_optimizer_state_dict(model, optimizer, options=_full_options())
 
     def load_optimizer_state(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
         """The inverse of `optimizer_state`."""
         from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
+        _reshard(model)
         set_optimizer_state_dict(model, optimizer, state, options=_full_options())
+
+    def parameter_names(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> list[list[str]]:
+        """As for one process, with the sharded parameters back in the modules (`_reshard`)."""
+        _reshard(model)
+        return super().parameter_names(model, optimizer)
+
+    def sharded_state(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, ema: nn.Module | None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """This rank's shards (see SingleDevice.sharded_state), with the sharded parameters back in the modules."""
+        _reshard(model)
+        return super().sharded_state(model, optimizer, ema)
+
+    def load_sharded_state(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        ema: nn.Module | None,
+        tensors: dict[str, Any],
+        optimizer_rest: dict[str, Any],
+    ) -> None:
+        """The inverse of `sharded_state`, into the sharded parameters (`_reshard`)."""
+        _reshard(model)
+        super().load_sharded_state(model, optimizer, ema, tensors, optimizer_rest)
 
 
 def build_strategy(name: Literal["ddp", "fsdp"], dist: Distributed, *, ema: float | None = None) -> SingleDevice:
@@ -152,10 +190,21 @@ def build_strategy(name: Literal["ddp", "fsdp"], dist: Distributed, *, ema: floa
     return DDP(dist)
 
 
-def keyed_by_name(optimizer_state: dict) -> bool:
-    """Whether an optimizer state dict names parameters (FSDP's whole state) rather than numbering them."""
-    groups = optimizer_state.get("param_groups") or [{}]
-    return any(isinstance(param, str) for param in groups[0].get("params", []))
+def _reshard(model: nn.Module) -> None:
+    """Put FSDP2's sharded parameters back in every module of `model` (a local step: no collective).
+
+    FSDP2 leaves the root unit's parameters gathered after a forward that no backward follows
+    (validation, the preflight): it does not reshard the root after forward, expecting the
+    backward to need them. The modules then hold plain tensors the optimizer does not know, and
+    DCP's state_dict API, which names the optimizer's parameters through the modules, fails
+    (KeyError in get_optimizer_state_dict; a GPT's tied embedding lives in the root unit), or a
+    load would fill tensors that the next reshard throws away.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
 
 
 def _full_options(**extra: Any) -> Any:
@@ -199,5 +248,3 @@ def _shard_units(model: nn.Module) -> list[nn.Module]:
         for parameter in unit.parameters():
             owners[id(parameter)] = -1 if owners.get(id(parameter), index) != index else index
     return [unit for index, unit in enumerate(candidates) if all(owners[id(p)] == index for p in unit.parameters())]
-
-

@@ -5,6 +5,7 @@
 - `runlock.py`: one run per experiment at a time (flock).
 - `preflight.py`: one batch through model, loss and metrics before anything moves.
 - `signals.py`: SIGTERM/SIGINT/SIGHUP turned into a flag the loop reads at step boundaries.
+- `data_identity.py`: what a run trains and validates on, recorded in every checkpoint and checked on resume.
 
 May import trainer.config, trainer.checkpoint, trainer.distributed, trainer.evaluation,
 trainer.step, data.loader, trainer.errors and utils; never the Trainer.

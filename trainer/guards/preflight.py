@@ -6,6 +6,12 @@ cannot be decoded in the first batch would otherwise fail at the first step with
 after the earlier run's files were archived. Here each is a one-line InputError (exit 2) that
 names the stage, the error and the shapes involved.
 
+Some misfits do not fail at all: PyTorch's elementwise losses (MSELoss, L1Loss, SmoothL1Loss,
+HuberLoss) only warn when the targets broadcast against the output (a 1-output model on class
+labels: "Using a target size (torch.Size([32])) that is different to the input size
+(torch.Size([32, 1]))"), and the run would train to the end on a meaningless number. So the
+warnings the loss and the metrics raise about sizes and broadcasting are errors here too.
+
 The check leaves no trace, so that a run's results stay bitwise what they are without it:
 the batches are fetched straight from the datasets (BatchFetcher seeds each sample from
 (seed, epoch, index); the loaders' iterators and samplers are not touched), and the global
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -34,12 +41,17 @@ from torch import nn
 from data.loader import dataset_of, describe_error, peek_batch
 from trainer.config.schema import Config
 from trainer.distributed.process import Distributed
-from trainer.errors import InputError
+from trainer.errors import InputError, first_line
 from trainer.evaluation.evaluator import MetricFn, Reporter
 from trainer.step import OptimizerStep, sums_over_elements
 from utils.seed import get_rng_state, set_rng_state
 
 T = TypeVar("T")
+
+# A warning that says a loss or metric computed on tensors broadcast against each other: its
+# number is wrong, not merely noisy. (KLDivLoss's "divides ... by the batch size" is about its
+# reduction, not about shapes, and does not match.)
+_SHAPE_WARNING = re.compile(r"broadcast|target size|input size|shapes? (?:do not|does not|don't) match", re.IGNORECASE)
 
 
 def preflight(
@@ -186,7 +198,8 @@ def _check_training(
     with step.autocast():
         output = _stage(f"the model ({config.model.type}) {where}", fit, model, inputs, inputs=inputs)
         shapes = {"output": output, "targets": targets}
-        loss = _stage(f"the loss ({config.loss.type}) {where}", fit, _training_loss, loss_fn, output, targets, **shapes)
+        what = f"the loss ({config.loss.type}) {where}"
+        loss = _stage_without_shape_warnings(what, fit, _training_loss, loss_fn, output, targets, **shapes)
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         got = f"shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else f"a {type(loss).__name__}"
         raise InputError(
@@ -209,7 +222,7 @@ def _check_validation(
     shapes = {"output": output, "targets": targets}
     for name, metric in metrics.items():
         fit = f"check that metric {name} fits the model's output and the targets"
-        pair = _stage(f"metric {name} {where}", fit, _metric_pair, metric, output, targets, **shapes)
+        pair = _stage_without_shape_warnings(f"metric {name} {where}", fit, _metric_pair, metric, output, targets, **shapes)
         if pair.shape != (2,):
             raise InputError(
                 f"preflight: metric {name} returned {_describe(pair)} {where}; a metric returns a (sum, count) pair "
@@ -234,6 +247,21 @@ def _stage(what: str, fix: str, run: Callable[..., T], *args: Any, **shown: Any)
         raise
     except Exception as error:
         raise InputError(f"preflight: {what} failed: {describe_error(error)}; {fix}: {_shapes(**shown)}") from None
+
+
+def _stage_without_shape_warnings(what: str, fix: str, run: Callable[..., T], *args: Any, **shown: Any) -> T:
+    """`_stage`, and a warning about sizes or broadcasting that `run` raises is an InputError as well."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # inside the preflight's "ignore"; and seen again though warned before
+        result = _stage(what, fix, run, *args, **shown)
+    for warning in caught:
+        message = first_line(str(warning.message), strip=True)
+        if issubclass(warning.category, UserWarning) and _SHAPE_WARNING.search(message):
+            raise InputError(
+                f"preflight: {what} warns {message!r}: it would compute a meaningless number on broadcast tensors; "
+                f"{fix}: {_shapes(**shown)}"
+            )
+    return result
 
 
 def _shapes(**values: Any) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import signal
 from types import FrameType
 
+from utils.stopping import listen_to
+
 
 class StopSignals:
     """While active, SIGTERM, SIGINT and SIGHUP only record themselves; `received` is the first one.
@@ -29,6 +31,7 @@ class StopSignals:
         self.received = self.received or signum
 
     def __enter__(self) -> StopSignals:
+        listen_to(self)  # a stalled upload gives up early once a stop is asked (utils/stopping.py)
         for signum in self.SIGNALS:
             if signum == getattr(signal, "SIGHUP", None) and signal.getsignal(signum) == signal.SIG_IGN:
                 continue  # started under nohup: the user asked for the run to outlive the terminal

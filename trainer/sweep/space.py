@@ -8,6 +8,7 @@ the base config is spec.py's job. Everything is one-line InputErrors that name t
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -83,13 +84,29 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _finite(value: Any) -> float | None:
+    """`value` as a finite float; None for nan, inf and an integer too large for a float."""
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _float_range(kind: Kind, args: Any, path: str) -> tuple[float, float]:
-    """[lo, hi] of two numbers with lo <= hi (and lo > 0 on a log scale)."""
+    """[lo, hi] of two finite numbers with lo <= hi (and lo > 0 on a log scale) whose width a float holds."""
     if not isinstance(args, list) or len(args) != 2 or not all(_is_number(a) for a in args):
         raise InputError(f"{path}: {kind} takes [lo, hi], two numbers; got {args!r}")
-    lo, hi = float(args[0]), float(args[1])
-    if not lo <= hi:  # also refuses nan
+    lo, hi = _finite(args[0]), _finite(args[1])
+    if lo is None or hi is None:
+        shown = ", ".join(str(a) if isinstance(a, float) else f"{a:.3g}" for a in args)
+        raise InputError(
+            f"{path}: {kind} range [{shown}] has an end that is not a finite number; write [lo, hi] with two finite numbers"
+        )
+    if lo > hi:
         raise InputError(f"{path}: {kind} range [{lo:g}, {hi:g}] has lo > hi; write [lo, hi] with lo <= hi")
+    if not math.isfinite(hi - lo):  # numpy's uniform draws over hi - lo
+        raise InputError(f"{path}: {kind} range [{lo:g}, {hi:g}] is wider than a float holds (hi - lo overflows); narrow it")
     if kind == "log_float" and lo <= 0:
         raise InputError(f"{path}: log_float needs lo > 0 (a log scale), got {lo:g}; use float for a range that reaches 0")
     return lo, hi
@@ -120,6 +137,11 @@ def _choices(args: Any, path: str) -> tuple:
             raise InputError(
                 f"{path}: choice value {value!r} is not null, a boolean, a number or a string "
                 "(Optuna stores only those); search a scalar key instead"
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InputError(
+                f"{path}: choice value {value} is not a finite number (a trial's KEY=VALUE cannot carry it, and nan "
+                "equals no choice); list finite numbers, or null to switch the key off"
             )
     if len({json.dumps(value) for value in args}) != len(args):
         raise InputError(f"{path}: choice {args!r} repeats a value; list each value once")

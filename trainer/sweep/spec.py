@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from trainer.config.files import apply_override, load_document, parse_yaml, yaml_type_name
-from trainer.config.schema import NAME_PATTERN, Config, config_from_dict, run_log_dir
+from trainer.config.schema import NAME_PATTERN, Config, run_log_dir
 from trainer.errors import InputError, did_you_mean
+from trainer.sweep.door import check_runnable
 from trainer.sweep.space import Dimension, override, parse_dimension
 
 SAMPLERS = ("tpe", "random", "grid")
@@ -113,7 +114,7 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     file_overrides = _string_list(document.get("overrides", []), f"{where}: key overrides", "KEY=VALUE strings")
     all_overrides = (*file_overrides, *overrides)
     raw_base = _base_document(config_path, all_overrides)
-    base = config_from_dict(raw_base)
+    base = _checked_base(raw_base, config_path, file_overrides, tuple(overrides), where)
     if base.data.val is None:
         raise InputError(f"{where}: the base config {config_path} has no data.val; a sweep scores trials by validation, add one")
     metric, mode = _objective(document.get("objective"), base, where)
@@ -217,6 +218,35 @@ def _base_document(config_path: Path, overrides: tuple[str, ...]) -> dict:
     return document
 
 
+def _checked_base(raw_base: dict, config_path: Path, file_overrides: list[str], overrides: tuple[str, ...], where: str) -> Config:
+    """The base Config, once it would start a trial: every component resolves and takes its arguments.
+
+    A failure names what brought it in: the last override after which the check fails with this
+    error (the file's `overrides`, then the command line's), else the base config itself.
+    """
+    try:
+        return check_runnable(raw_base)
+    except InputError as error:
+        final = str(error)
+    all_overrides = [*file_overrides, *overrides]
+    for index in range(len(all_overrides) - 1, -1, -1):  # from the full list back: which one brought this error
+        if _error_of(_base_document(config_path, tuple(all_overrides[:index]))) != final:
+            source = "key overrides" if index < len(file_overrides) else "the command line"
+            raise InputError(
+                f"{where}: override {all_overrides[index]} ({source}) does not fit the base config {config_path}: {final}"
+            ) from None
+    raise InputError(f"{where}: the base config {config_path} cannot start a trial: {final}") from None
+
+
+def _error_of(raw: dict) -> str | None:
+    """check_runnable's message for `raw`, or None when it passes."""
+    try:
+        check_runnable(raw)
+    except InputError as error:
+        return str(error)
+    return None
+
+
 def _objective(value: Any, base: Config, where: str) -> tuple[str, Literal["max", "min"]]:
     """(metric, mode): the sweep's objective, by default the base config's val.metric and val.mode."""
     value = {} if value is None else value
@@ -301,10 +331,11 @@ def _constructor_arguments(parent: str, type_name: str, base: Config) -> list[st
 
 
 def _check_values(dimension: Dimension, raw_base: dict, where: str) -> None:
-    """Both ends of a range and every choice must give a valid config (types, ranges of Kiln's own keys)."""
+    """Both ends of a range and every choice must give a config a trial can start: types and ranges of Kiln's
+    own keys, and every component's type and arguments (trainer/sweep/door.py)."""
     for value in dimension.candidates():
         try:
-            config_from_dict(apply_override(raw_base, override(dimension.key, value)))
+            check_runnable(apply_override(raw_base, override(dimension.key, value)))
         except InputError as error:
             raise InputError(
                 f"{where}: space {dimension.key}: the value {value!r} does not fit the base config ({error})"

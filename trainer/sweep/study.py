@@ -3,17 +3,23 @@
 The sweep process asks for trials and tells their outcomes; each trial's process reports its
 validations to the same storage (trial_hook.py). Several processes share the sqlite file, so
 every connection waits for a lock (sqlite's busy timeout) instead of failing at once with
-"database is locked".
+"database is locked", and never longer: a call that cannot get the lock within
+SQLITE_TIMEOUT_SECONDS fails, as one line (a trial: exit 1, its checkpoints intact; the sweep: exit
+1, rerun to continue). Nothing else in a study call waits: the file is local, SQLAlchemy's pool is
+never exhausted by one thread, and Optuna's only retry loop (creating a trial, 5 tries) multiplies
+the bound by 5 at most.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainer.config.schema import config_changes
-from trainer.errors import InputError
+from trainer.errors import InputError, TrainingError, first_line
 
 if TYPE_CHECKING:
     import optuna
@@ -23,6 +29,7 @@ if TYPE_CHECKING:
 STORAGE_FILE = "study.db"
 # Seconds a connection waits for another process's write before sqlite gives up: trial processes
 # report one validation at a time, so a wait is short, but a loaded machine can stall a writer.
+# The bound of every study call (docs/sweeps.md); a trial's creation, which Optuna tries 5 times, 5x it.
 SQLITE_TIMEOUT_SECONDS = 120
 
 # Study user attributes: what defines the study (objective and space), and the pruner's settings
@@ -56,12 +63,42 @@ def storage_url(directory: Path) -> str:
 def rdb_storage(url: str, *, create: bool) -> optuna.storages.RDBStorage:
     """An RDBStorage whose sqlite connections wait for locks; `create` makes the tables (the sweep does)."""
     optuna = import_optuna()
-    return optuna.storages.RDBStorage(
-        url,
-        engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_SECONDS}},
-        skip_compatibility_check=not create,
-        skip_table_creation=not create,
-    )
+    with _bounded_wait(url):
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_SECONDS}},
+            skip_compatibility_check=not create,
+            skip_table_creation=not create,
+        )
+
+
+def storage_failure(error: BaseException) -> str:
+    """Why a study call failed, as one phrase: sqlite's own reason ("database is locked"), which
+    Optuna's StorageInternalError and SQLAlchemy's wrapper hide behind their own text."""
+    cause = error
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    return first_line(getattr(cause, "orig", None) or cause, strip=True)
+
+
+@contextmanager
+def _bounded_wait(url: str) -> Iterator[None]:
+    """A study call inside that could not get the file's lock within the bound is a TrainingError,
+    one line naming the file and the fix, instead of SQLAlchemy's traceback."""
+    import sqlalchemy.exc
+
+    optuna = import_optuna()
+    try:
+        yield
+    except (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError) as error:
+        reason = storage_failure(error)
+        if "locked" not in reason and "busy" not in reason:
+            raise  # not the wait: a damaged or unreadable file says so itself
+        raise TrainingError(
+            f"the sweep's study {url.removeprefix('sqlite:///')} did not answer within {SQLITE_TIMEOUT_SECONDS} s "
+            f"({reason}): another process holds it locked; check that none is stuck on it (fuser), then run the same "
+            "command again to continue the sweep"
+        ) from None
 
 
 def pruner_settings(spec: SweepSpec) -> dict:
@@ -136,7 +173,14 @@ def _grid_sampler_class() -> type:
 
 def open_study(spec: SweepSpec, storage: Any) -> optuna.Study:
     """Create the sweep's study in `storage`, or load it; InputError if it was started with another
-    objective or space (its trials would not be comparable)."""
+    objective or space (its trials would not be comparable); TrainingError, one line, if the study
+    file stays locked beyond SQLITE_TIMEOUT_SECONDS."""
+    with _bounded_wait(storage_url(spec.directory)):
+        return _open_study(spec, storage)
+
+
+def _open_study(spec: SweepSpec, storage: Any) -> optuna.Study:
+    """open_study's work."""
     optuna = import_optuna()
     where = f"sweep file {spec.path}"
     study = optuna.create_study(
@@ -169,7 +213,8 @@ def load_existing_study(spec: SweepSpec) -> optuna.Study:
     if not path.is_file():
         raise InputError(f"sweep {spec.name} has no study yet ({path} does not exist); run it first without --report")
     try:
-        return optuna.load_study(study_name=spec.name, storage=rdb_storage(storage_url(spec.directory), create=False))
+        with _bounded_wait(storage_url(spec.directory)):
+            return optuna.load_study(study_name=spec.name, storage=rdb_storage(storage_url(spec.directory), create=False))
     except KeyError:
         raise InputError(f"sweep {spec.name}: {path} holds no study of that name; run the sweep first without --report") from None
 

@@ -20,7 +20,15 @@ import sys
 from trainer.callbacks import Stop, ValidationCallback
 from trainer.config.schema import Config
 from trainer.errors import InputError, TrainingError
-from trainer.sweep.study import ATTR_DEFINITION, ATTR_PRUNED_AT, ATTR_PRUNER, build_pruner, import_optuna, rdb_storage
+from trainer.sweep.study import (
+    ATTR_DEFINITION,
+    ATTR_PRUNED_AT,
+    ATTR_PRUNER,
+    build_pruner,
+    import_optuna,
+    rdb_storage,
+    storage_failure,
+)
 
 # Set by tools/sweep.py for each trial's process: the Optuna storage URL its study lives in.
 SWEEP_STORAGE_ENV = "KILN_SWEEP_STORAGE"
@@ -97,7 +105,7 @@ class TrialReporter:
             self.trial.set_user_attr(ATTR_PRUNED_AT, iteration)
         except Exception as error:  # noqa: BLE001 - the storage's errors (sqlalchemy, optuna) end the run in one line
             raise TrainingError(
-                f"sweep trial {self.number}: could not report iteration {iteration} to {self.url} ({error}); "
+                f"sweep trial {self.number}: could not report iteration {iteration} to {self.url} ({storage_failure(error)}); "
                 "the checkpoints are intact: rerun the sweep to resume the trial"
             ) from None
         return Stop(EXIT_PRUNED, f"pruned by the sweep's {self.pruner_type} pruner ({self.metric} {value:.4f})")

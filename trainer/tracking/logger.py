@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
 # therefore handed to it in batches: at most this often, at every save (flush) and at close.
 # TensorBoard itself writes to disk only every 120 s (its flush_secs), so curves lag no more.
 SCALAR_HANDOFF_SECONDS = 10.0
+# In the log directory, beside the archived best .pth (with trackers and log_checkpoints): the
+# iteration whose weights it holds, so that a resume can hand them to a tracker that missed them.
+BEST_RECORD = ".best_weights.json"
 
 
 class Logger:
@@ -117,12 +121,16 @@ class Logger:
             self._trackers.flush()
             self._report_trackers()
 
-    def start_tracking(self, *, name: str, run_id: str | None, config: dict) -> None:
-        """Open the trackers' runs (a resume continues the checkpoint's) and record the resolved config as params."""
+    def start_tracking(self, *, name: str, run_id: str | None, config: dict, best: dict[str, float] | None = None) -> None:
+        """Open the trackers' runs (a resume continues the checkpoint's) and record the resolved config as params;
+        on resume, bring them up to date with the checkpoint's `best` (best_metrics), which an earlier process
+        may have failed to send them (an outage)."""
         if self._trackers is None:
             return
         self._trackers.start(name=name, log_dir=self.log_dir, run_id=run_id, start_iteration=self._start_iteration)
         self._trackers.log_params(config)
+        if best and self._start_iteration:
+            self._trackers.catch_up(best, self._archived_best(int(best["iteration"])))
         self._report_trackers()
 
     def _report_trackers(self) -> None:
@@ -206,6 +214,8 @@ class Logger:
         target = self.log_dir / weights_path.name
         try:
             atomic_copy(weights_path, target)
+            if iteration is not None and self._trackers is not None and self._log_checkpoints != "none":
+                self._record_archived_best(target, iteration)
         except OSError as error:
             raise TrainingError(
                 f"could not archive the best weights to {target} ({error.strerror or error}); {weights_path} is "
@@ -214,6 +224,29 @@ class Logger:
         if self._log_checkpoints != "none":
             self._record_weights(target, "best", iteration)
         return target
+
+    def _record_archived_best(self, target: Path, iteration: int) -> None:
+        """Write which iteration the archived best holds, with the file's identity (a later copy is a new file)."""
+        status = target.stat()
+        record = {"file": target.name, "iteration": iteration, "inode": status.st_ino, "size": status.st_size}
+        atomic_write_text(self.log_dir / BEST_RECORD, json.dumps({**record, "mtime_ns": status.st_mtime_ns}) + "\n")
+
+    def _archived_best(self, iteration: int) -> Path | None:
+        """The archived best .pth if it is known to hold the weights of `iteration` (with log_checkpoints), else None.
+
+        A killed run may have archived a later best than the checkpoint it is resumed from: those are
+        not the weights of `iteration`, and the resumed run computes that best again anyway.
+        """
+        if self._log_checkpoints == "none":
+            return None
+        try:
+            record = json.loads((self.log_dir / BEST_RECORD).read_text())
+            path = self.log_dir / Path(record["file"]).name
+            status = path.stat()
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        identity = [record.get(key) for key in ("iteration", "inode", "size", "mtime_ns")]
+        return path if identity == [iteration, status.st_ino, status.st_size, status.st_mtime_ns] else None
 
     def log_checkpoint(self, weights_path: Path, iteration: int | None = None) -> None:
         """Hand an iteration's .pth to the trackers as the latest checkpoint (log_checkpoints: all).

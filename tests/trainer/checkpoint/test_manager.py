@@ -50,7 +50,8 @@ def _assert_loaded(weights: dict[str, torch.Tensor], reference: dict[str, torch.
 
 def test_full_checkpoint_is_about_three_times_the_weights_with_adamw(trained):
     ratio = (trained / "tiny_iter_10.pt").stat().st_size / (trained / "tiny_iter_10.pth").stat().st_size
-    assert 2.6 < ratio < 3.4  # params + AdamW's exp_avg and exp_avg_sq, plus a few KB of RNG state
+    # params + AdamW's exp_avg and exp_avg_sq, plus a few KB of RNG state and the parameter names of each group
+    assert 2.6 < ratio < 3.5
 
 
 def test_full_checkpoint_is_about_twice_the_weights_with_sgd_momentum(workdir):

@@ -12,6 +12,7 @@ import csv
 import json
 import os
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -550,3 +551,121 @@ def test_mlflow_server_that_never_answers_delays_the_start_by_the_start_timeout_
     assert len(warnings) == 1 and "warning: tracker mlflow stopped (still busy 1 s after training ended" in warnings[0]
     assert (workdir / "weights/tiny_iter_30.pt").is_file()
     assert "mlflow" not in checkpoint(workdir, 30)["trackers"]  # no run id: a resume tries again by kiln.run_id tag
+
+
+# -- MLflow outages (issue 23, point 6; the in-process ones are in test_tracker_outage.py) ---------------------
+
+
+class ReopenableProxy(Proxy):
+    """tests.helpers.Proxy that can listen again on its port after stop(): a server that comes back."""
+
+    def reopen(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", self.port))  # SO_REUSEADDR: the cut connections linger
+        threading.Thread(target=self._accept, daemon=True).start()
+
+
+def cut_after_the_first_best(monkeypatch, proxy: ReopenableProxy, url: str, experiment: str) -> None:
+    """Cut the proxy at iteration 15's log, once the best of iteration 10 has reached the server (the run
+    is tracked before the outage)."""
+    from mlflow.tracking import MlflowClient
+
+    client, original = MlflowClient(url), Trackers.log_scalars
+
+    def holds_the_first_best() -> bool:
+        found = client.get_experiment_by_name(experiment)
+        runs = client.search_runs([found.experiment_id]) if found else []
+        return bool(runs) and "best/accuracy" in runs[0].data.metrics
+
+    def log_scalars(self, values, step):
+        if step == 15:
+            _wait_until(holds_the_first_best, timeout=60)
+            proxy.stop()
+        original(self, values, step)
+
+    monkeypatch.setattr(Trackers, "log_scalars", log_scalars)
+
+
+@pytest.fixture
+def outage(mlflow_server, monkeypatch) -> tuple[ReopenableProxy, str]:
+    """(a proxy to the module's server, the server's own URL); MLflow's client gives up at once (no retries),
+    so an outage is seen at its first request."""
+    url = mlflow_server
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setattr(fanout, "RETRY_SECONDS", 60.0)  # no retry during these short runs: the close tries once more
+    return ReopenableProxy(int(url.rsplit(":", 1)[1])), url
+
+
+def best_weights_in_mlflow(client, run, tmp_path: Path) -> bytes:
+    """The bytes of the run's best-weights artifact."""
+    return Path(client.download_artifacts(run.info.run_id, "checkpoints/best/tiny_best.pth", str(tmp_path))).read_bytes()
+
+
+def test_mlflow_back_for_the_close_is_sent_every_scalar_and_the_best_it_missed(workdir, outage, monkeypatch, tmp_path):
+    proxy, server_url = outage
+    cut_after_the_first_best(monkeypatch, proxy, server_url, "outage")
+    original_close = Trackers.close
+
+    def back_for_the_close(self, finished, timeout=None):
+        proxy.reopen()
+        original_close(self, finished, timeout)
+
+    monkeypatch.setattr(Trackers, "close", back_for_the_close)
+    mlflow = {"type": "mlflow", "tracking_uri": proxy.url, "experiment": "outage"}
+    assert train_in_process(workdir, tracked(["csv", mlflow], log_checkpoints="best")) == 0
+    best = checkpoint(workdir, 30)["best_metrics"]
+    assert best["iteration"] == 30  # the best moved twice while the server was away
+    client, run = mlflow_run(server_url, "outage")
+    history = mlflow_history(client, run)
+    assert {key: points for key, points in history.items() if not key.startswith("best/")} == csv_history(workdir)
+    assert [step for step, _ in history["best/accuracy"]] == [10, 30] and history["best/accuracy"][-1][1] == best["accuracy"]
+    assert run.data.tags["kiln.checkpoint.best_iteration"] == "30" and run.info.status == "FINISHED"
+    assert best_weights_in_mlflow(client, run, tmp_path) == (workdir / "experiments/tiny/tiny_best.pth").read_bytes()
+    warnings = log_lines(workdir, "warning:")
+    assert len(warnings) == 1 and "warning: tracker mlflow stopped (API request to " in warnings[0], warnings
+    assert len(log_lines(workdir, "tracker mlflow: reachable again after")) == 1
+
+
+def test_mlflow_that_missed_the_best_is_brought_up_to_date_at_the_resume(workdir, outage, monkeypatch, tmp_path):
+    """The issue's case: the server went away after the first best and was back for the resume; the run's best
+    metrics, tag and weights were those of iteration 10 while the truth was iteration 30."""
+    proxy, server_url = outage
+    cut_after_the_first_best(monkeypatch, proxy, server_url, "missed")
+    mlflow = {"type": "mlflow", "tracking_uri": proxy.url, "experiment": "missed"}
+    document = tracked(["csv", mlflow], log_checkpoints="best")
+    assert train_in_process(workdir, document) == 0
+    client, run = mlflow_run(server_url, "missed")
+    assert run.data.tags["kiln.checkpoint.best_iteration"] == "10" and run.data.metrics["best/iteration"] == 10
+    assert len(log_lines(workdir, "tracker mlflow: still unreachable when the run ended")) == 1
+    proxy.reopen()
+    assert train_in_process(workdir, document, "resume_path=weights/tiny_iter_30.pt") == 0  # nothing left to train
+    best = checkpoint(workdir, 30)["best_metrics"]
+    client, run = mlflow_run(server_url, "missed")
+    assert run.data.metrics["best/iteration"] == 30 and run.data.metrics["best/accuracy"] == best["accuracy"]
+    assert run.data.tags["kiln.checkpoint.best_iteration"] == "30" and run.info.status == "FINISHED"
+    assert best_weights_in_mlflow(client, run, tmp_path) == (workdir / "experiments/tiny/tiny_best.pth").read_bytes()
+    (caught_up,) = log_lines(workdir, "tracker mlflow: brought up to date")
+    assert caught_up.endswith("with what an earlier process could not send: the best metrics of iteration 30 and its weights")
+    _, artifacts = read_csv(workdir / "experiments/tiny/artifacts.csv")
+    assert [row["iteration"] for row in artifacts] == ["10", "20", "30"]  # csv had them all: nothing twice
+    summary = json.loads((workdir / "experiments/tiny/summary.json").read_text())
+    assert summary == {"best/accuracy": best["accuracy"], "best/iteration": 30}
+
+
+def test_an_mlflow_tracking_uri_with_a_scheme_mlflow_cannot_use_is_exit_2_at_the_door(workdir, capsys):
+    document = tracked(["csv", {"type": "mlflow", "tracking_uri": "htp://127.0.0.1:5000"}])
+    code = train.main(["-c", str(write_config(workdir / "config.yaml", document))])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: config key logging.trackers[1]: tracker mlflow: tracking_uri 'htp://127.0.0.1:5000' has a scheme MLflow "
+        "cannot use (did you mean http?); it takes databricks, file, http, https, mssql, mysql, postgresql, sqlite or a "
+        "local path: give a server as http://HOST:PORT or a local store as sqlite:///PATH.db"
+    )
+    assert not (workdir / "experiments").exists() and not (workdir / "weights").exists()
+
+
+def _wait_until(condition, timeout: float = 30) -> None:
+    """Poll `condition` until it holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)

@@ -6,7 +6,7 @@ remove it, and how to load its tensors into the live model and optimizer on resu
 manager keeps the policy (names, schedule, latest, prune, archive) and never asks which format
 it holds; a new format (adapter-only checkpoints, say) is a new class here. Formats never
 import the manager: what they need from it (the experiment's name, the storage, the prune to
-run once a save is complete) is handed to them.
+run once a save is complete, what to do once a tag is saved) is handed to them.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class CheckpointFormat(ABC):
         on_complete: Callable[[], Any],
         files: FileWriter,
         background: bool = False,
+        on_saved: Callable[[str, tuple[str, ...]], Any] | None = None,
     ) -> None:
         self.storage = storage
         self.name = name
@@ -43,6 +44,14 @@ class CheckpointFormat(ABC):
         self.on_complete = on_complete  # the manager's prune: run after an iteration save is complete
         self.files = files  # writes .pt/.pth files (on a background thread when checkpoint.async)
         self.background = background
+        # Rank 0, once a save of a tag is complete: (tag, the names it wrote). The manager moves
+        # aside what another format left under the same tag (after a checkpoint.format change).
+        self.on_saved = on_saved
+
+    def saved(self, tag: str, names: tuple[str, ...]) -> None:
+        """Tell the manager (rank 0) that `names` now hold the complete checkpoint `tag`."""
+        if self.on_saved is not None:
+            self.on_saved(tag, names)
 
     # -- writing (every rank calls these together) --------------------------------------------
 

@@ -17,8 +17,8 @@ from trainer.checkpoint.files import load_file
 from trainer.checkpoint.formats.base import CheckpointFormat, OnWritten
 from trainer.checkpoint.layout import KEY_MODEL, KEY_OPTIMIZER, TrainingState, clean_state_dict, make_checkpoint
 from trainer.checkpoint.loading import load_model_state
+from trainer.checkpoint.optimizer_keys import rekeyed
 from trainer.checkpoint.storage import Entry, Storage
-from trainer.distributed.strategy import keyed_by_name
 
 RESUME_FIX = "resume with the model config the run was started with (pretrain_path takes weights into another model)"
 
@@ -34,7 +34,14 @@ class FileFormat(CheckpointFormat):
         checkpoint = full_checkpoint(state)
         weights = checkpoint[KEY_MODEL] if state.ema is None else state.export_weights()
         if self.dist.is_main:
-            self.files.save_pair(f"{self.name}_{tag}", checkpoint, weights, prune=tag.startswith("iter_"), on_written=on_written)
+            stem = f"{self.name}_{tag}"
+
+            def written(pth: Path) -> None:  # both files are complete (on the writer thread with checkpoint.async)
+                self.saved(tag, (f"{stem}{self.suffix}", f"{stem}.pth"))
+                if on_written is not None:
+                    on_written(pth)
+
+            self.files.save_pair(stem, checkpoint, weights, prune=tag.startswith("iter_"), on_written=written)
 
     def wait(self) -> None:
         """Block until the background write (if any) is done."""
@@ -73,10 +80,13 @@ class FileFormat(CheckpointFormat):
 
     @classmethod
     def load_optimizer(cls, checkpoint: dict[str, Any], location: Path | str, state: TrainingState) -> None:
-        """The whole optimizer state; one keyed by name (FSDP's) loads only under FSDP, and the other way round."""
-        if keyed_by_name(checkpoint[KEY_OPTIMIZER]) != state.strategy.keys_optimizer_by_name:
-            raise ValueError("it was saved with another train.strategy (fsdp keys the state by name)")
-        state.strategy.load_optimizer_state(state.model, state.optimizer, checkpoint[KEY_OPTIMIZER])
+        """The whole optimizer state, keyed as this run's strategy loads it: a state keyed by
+        parameter name (FSDP's, or a sharded checkpoint exported to .pt) resumes on one process
+        or under DDP, and one keyed by index under FSDP (trainer/checkpoint/optimizer_keys.py)."""
+        strategy = state.strategy
+        names = strategy.parameter_names(state.model, state.optimizer)
+        saved = rekeyed(checkpoint[KEY_OPTIMIZER], names, by_name=strategy.keys_optimizer_by_name)
+        strategy.load_optimizer_state(state.model, state.optimizer, saved)
 
 
 def full_checkpoint(state: TrainingState) -> dict[str, Any]:

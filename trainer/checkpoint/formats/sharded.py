@@ -50,15 +50,17 @@ class ShardedFormat(CheckpointFormat):
         """Every rank writes its shards of `<name>_<tag>.dcp`; at best and at the `final` iteration
         the whole model is gathered for the .pth too (every rank takes part)."""
         tensors, small = sharded_parts(state)
-        self._save_directory(tag, tensors, small)
+        self._save_directory(tag, tensors, small, with_weights=tag == "best" or final)
         if tag == "best" or final:
             weights = state.export_weights()
             if self.dist.is_main:
                 self.files.write(({KEY_WEIGHTS: weights},), (f"{self.name}_{tag}.pth",), prune=False, on_written=on_written)
 
-    def _save_directory(self, tag: str, tensors: dict[str, Any], small: dict[str, Any]) -> Path:
+    def _save_directory(self, tag: str, tensors: dict[str, Any], small: dict[str, Any], with_weights: bool) -> Path:
         """Write `tensors` (every rank's own) and `small` (rank 0's) as `<name>_<tag>.dcp`; once it
-        is complete, rank 0 moves it into place and prunes old iteration checkpoints."""
+        is complete, rank 0 moves it into place and prunes old iteration checkpoints (`with_weights`:
+        the tag's .pth is this save's too)."""
+        written = (f"{self.name}_{tag}{self.suffix}", *((f"{self.name}_{tag}.pth",) if with_weights else ()))
         self.wait()
         final = self.storage.location(f"{self.name}_{tag}{self.suffix}")
         partial = final.with_name(f".{final.name}.partial")
@@ -71,7 +73,7 @@ class ShardedFormat(CheckpointFormat):
         if not self.background:
             _write_or_stop(lambda: dcp.api().save(tensors, checkpoint_id=partial, no_dist=no_dist), final)
             if self.dist.is_main:
-                self._complete(partial, final)
+                self._complete(partial, final, tag, written)
             return final
         future = dcp.api().async_save(tensors, checkpoint_id=partial, process_group=self._group, no_dist=no_dist)
         done = threading.Event()
@@ -79,7 +81,7 @@ class ShardedFormat(CheckpointFormat):
         def on_done(finished: Any) -> None:  # DCP's writer thread, right after .metadata (rank 0: all ranks done)
             try:
                 if finished.exception() is None and self.dist.is_main:
-                    self._complete(partial, final)
+                    self._complete(partial, final, tag, written)
             except Exception as error:  # noqa: BLE001 - reported by wait() on the training thread
                 self._error = error
             finally:
@@ -89,10 +91,12 @@ class ShardedFormat(CheckpointFormat):
         self._in_flight = (future, done, final)
         return final
 
-    def _complete(self, partial: Path, final: Path) -> None:
-        """Rank 0, once `partial` has its .metadata: move it into place, then prune."""
+    def _complete(self, partial: Path, final: Path, tag: str, written: tuple[str, ...]) -> None:
+        """Rank 0, once `partial` has its .metadata: move it into place, prune, and tell the manager."""
+        dcp.write_checksums(partial)  # every file's CRC-32, checked whenever it is read (dcp.check_intact)
         _replace(partial, final)
         self.on_complete()
+        self.saved(tag, written)
 
     def wait(self) -> None:
         """Block until the save in flight (if any) is complete and in place; raise the error it met."""

@@ -87,9 +87,11 @@ class Artifact:
 class Tracker:
     """One experiment tracker. Every method runs on the tracker's own thread, in the order called.
 
-    An exception from any method stops this tracker (the fan-out logs one warning) and never
-    the run. `state()` is the exception: the training thread calls it at each checkpoint, so it
-    only reads attributes.
+    An exception from any method never stops the run: one the tracker calls `recoverable` (an
+    outage) makes the fan-out keep what the tracker misses and call it again once it answers, so
+    a call may come twice and must not record twice; any other stops this tracker (the fan-out
+    logs one warning). `state()` is the exception: the training thread calls it at each
+    checkpoint, so it only reads attributes.
     """
 
     name = "tracker"
@@ -115,6 +117,19 @@ class Tracker:
 
     def log_artifact(self, artifact: Artifact) -> None:
         """A .pth: tag best (each new best) or latest (each <name>_iter_<N> with log_checkpoints: all)."""
+
+    def catch_up(self, summary: dict[str, float], step: int, artifact: Artifact | None) -> None:
+        """On resume, after `start`: the checkpoint's best metrics (as in log_summary) and, with log_checkpoints,
+        its best weights, which an earlier process may have failed to send. Send what the run lacks; the
+        default sends both (right for trackers that keep only the newest summary)."""
+        self.log_summary(summary, step)
+        if artifact is not None:
+            self.log_artifact(artifact)
+
+    def recoverable(self, error: Exception) -> bool:
+        """Whether `error` is an outage that may pass (a server that is down or does not answer): the fan-out
+        then keeps what the tracker misses and tries it again later. False (the default): the tracker stops."""
+        return False
 
     def flush(self) -> None:
         """Make what was logged so far durable (called after each iteration checkpoint)."""

@@ -129,6 +129,16 @@ class CsvTracker(Tracker):
         row = {"iteration": "" if artifact.iteration is None else str(artifact.iteration), "tag": artifact.tag}
         append_row(self._dir / ARTIFACTS_FILE, {**row, "path": str(artifact.source)}, ARTIFACT_COLUMNS)
 
+    def catch_up(self, summary: dict[str, float], step: int, artifact: Artifact | None) -> None:
+        """summary.json as the checkpoint has it (metrics.csv was cut back to it too), and a row for the best
+        weights unless artifacts.csv has one of that iteration."""
+        self.log_summary(summary, step)
+        if artifact is None:
+            return
+        rows, _ = read_rows(self._dir / ARTIFACTS_FILE)
+        if not any(row["tag"] == artifact.tag and row["iteration"] == str(artifact.iteration) for row in rows):
+            self.log_artifact(artifact)
+
     def flush(self) -> None:
         """Write the pending row and sync metrics.csv to disk (after each iteration checkpoint)."""
         if self._pending is not None:

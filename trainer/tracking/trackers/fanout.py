@@ -1,11 +1,14 @@
 """The fan-out: the Logger's one handle on every tracker of a run.
 
 Each tracker gets its own daemon thread and queue, so training never waits on a network: the
-Logger's calls only put a few floats on the queues. The first error of a tracker (a server that
-stopped, a full disk) is one warning line in train.log and the end of that tracker; the run,
-its checkpoints and the other trackers go on. `close` waits at most CLOSE_TIMEOUT_SECONDS for
-the trackers to finish, then leaves behind whatever has not been sent (everything stays on
-disk: checkpoints, train.log, TensorBoard, metrics.csv).
+Logger's calls only put a few floats on the queues. An error the tracker calls `recoverable` (its
+server is away) is one warning line in train.log: what the tracker misses is folded into a
+Backlog (backlog.py) and sent when it answers again (tried every RETRY_SECONDS and at the close),
+with one line saying so. Any other error (a rejected request, a full disk) is one warning line
+and the end of that tracker. Either way the run, its checkpoints and the other trackers go on.
+`close` waits at most CLOSE_TIMEOUT_SECONDS for the trackers to finish, then leaves behind
+whatever has not been sent (everything stays on disk: checkpoints, train.log, TensorBoard,
+metrics.csv); a resume brings a tracker's best up to date (`catch_up`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any, Literal
 from trainer.config.schema import TrackerSpec
 from trainer.errors import InputError
 from trainer.registry import TRACKERS, build
+from trainer.tracking.trackers.backlog import Backlog, replay_calls
 from trainer.tracking.trackers.base import (
     Artifact,
     MissingPackageError,
@@ -41,6 +45,9 @@ CLOSE_TIMEOUT_SECONDS = 10.0  # at the end of a run: enough for a healthy server
 # checkpoint already holds their run ids (MLflow's id comes from the server). A server that does
 # not answer by then costs this much once; the tracker goes on trying in the background.
 START_TIMEOUT_SECONDS = 15.0
+# A tracker that is down (an outage its `recoverable` recognises) is tried again this often, and
+# once more when the run closes; each try costs one request while the server is still away.
+RETRY_SECONDS = 30.0
 STAGING_DIR = ".tracker_uploads"  # in the log directory: the trackers' private links to weight files
 _STOP = ("stop", (), None)
 THREAD_PREFIX = "kiln-tracker-"
@@ -73,17 +80,31 @@ def build_trackers(specs: list[TrackerSpec]) -> list[Tracker]:
 
 
 class _Worker:
-    """Runs one tracker's calls in order on a daemon thread; its first error stops it, with one warning."""
+    """Runs one tracker's calls in order on a daemon thread.
+
+    Its states: up; down (an outage the tracker calls recoverable: the calls it misses are folded
+    into a Backlog and sent when it answers again, tried every RETRY_SECONDS and once more at the
+    close); stopped (any other error, or busy past the close: nothing more is sent). Each change
+    for the worse is one line in train.log.
+    """
 
     def __init__(self, tracker: Tracker, warn: Callable[[str], None]) -> None:
         self.tracker = tracker
-        self.failed = False
+        self.state: Literal["up", "down", "stopped"] = "up"
         self.opened = threading.Event()  # set once `start` has returned or raised
         self._warn = warn
         self._lock = threading.Lock()  # fail() is called from the worker and from the checkpoint writer
         self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._backlog = Backlog()
+        self._down_since = 0.0
+        self._retry_at = 0.0
         self._thread = threading.Thread(target=self._run, name=f"{THREAD_PREFIX}{tracker.name}", daemon=True)
         self._thread.start()
+
+    @property
+    def failed(self) -> bool:
+        """Whether the tracker stopped for good (a down one still gets its calls, to send them later)."""
+        return self.state == "stopped"
 
     def submit(self, method: str, *args: Any, cleanup: Callable[[], None] | None = None) -> None:
         """Queue `tracker.method(*args)`; `cleanup` runs after it, or at once if the tracker has stopped."""
@@ -94,14 +115,41 @@ class _Worker:
         self._calls.put((method, args, cleanup))
 
     def fail(self, reason: BaseException | str) -> None:
-        """Stop this tracker (once) and queue the one warning that says so."""
+        """Stop this tracker for good (once) and queue the one warning that says so."""
         with self._lock:
-            if self.failed:
+            if self.state == "stopped":
                 return
-            self.failed = True
+            self.state = "stopped"
         self._warn(
             f"warning: tracker {self.tracker.name} stopped ({clipped_first_line(reason)}); nothing more is sent to it, "
             "and training, checkpoints, train.log and the other trackers go on unaffected"
+        )
+
+    def left_behind(self, missed: str | None = None) -> None:
+        """The run ends with the tracker still down: say what it lacks and how it is brought up to date later."""
+        with self._lock:
+            if self.state != "down":
+                return
+            self.state = "stopped"
+        lacks = f" ({missed})" if missed else ""
+        self._warn(
+            f"tracker {self.tracker.name}: still unreachable when the run ended, so what it missed{lacks} was not sent; "
+            "train.log, TensorBoard and metrics.csv have the scalars, and resuming the run (resume_path=auto) brings "
+            "the tracker's best metrics and best weights up to date"
+        )
+
+    def _go_down(self, reason: BaseException) -> None:
+        """An outage: the calls from here on are kept in the backlog and tried again every RETRY_SECONDS."""
+        with self._lock:
+            if self.state != "up":
+                return
+            self.state = "down"
+        self._down_since = time.monotonic()
+        self._retry_at = self._down_since + RETRY_SECONDS
+        self._warn(
+            f"warning: tracker {self.tracker.name} stopped ({clipped_first_line(reason)}); training, checkpoints, "
+            f"train.log and the other trackers go on unaffected, and it is tried again every {RETRY_SECONDS:g} s: "
+            "once it answers, it is sent what it missed (the scalars, the best metrics and the best weights)"
         )
 
     def stop(self, deadline: float) -> bool:
@@ -112,31 +160,76 @@ class _Worker:
 
     def _run(self) -> None:
         """Take whatever has queued up, send consecutive scalars as one call (a slow server gets
-        bigger batches, not more requests), until the stop mark."""
+        bigger batches, not more requests); while down, fold them and try again when due; until the stop mark."""
         while True:
-            calls = [self._calls.get()]
-            while True:
-                try:
-                    calls.append(self._calls.get_nowait())
-                except queue.Empty:
-                    break
-            for call in _coalesce(calls):
-                if call is _STOP:
-                    return
+            calls = self._next_calls()
+            stopping = _STOP in calls
+            for call in _coalesce([call for call in calls if call is not _STOP]):
                 self._call(*call)
+            if self.state == "down" and (stopping or time.monotonic() >= self._retry_at):
+                self._retry()  # at the stop too: the server may be back for the close
+            if stopping:
+                self.left_behind(self._backlog.describe())  # only if it is still down
+                self._backlog.discard()
+                return
+
+    def _next_calls(self) -> list[tuple]:
+        """The calls queued so far, waiting for one (while down: at most until the next retry is due)."""
+        timeout = max(0.0, self._retry_at - time.monotonic()) if self.state == "down" else None
+        try:
+            calls = [self._calls.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                calls.append(self._calls.get_nowait())
+            except queue.Empty:
+                return calls
 
     def _call(self, method: str, args: tuple, cleanup: Callable[[], None] | None) -> None:
-        """One tracker call; any exception stops the tracker, never the run."""
+        """One tracker call; an outage puts it in the backlog, any other exception stops the tracker, never the run."""
         try:
-            if not self.failed:
+            if self.state == "down":
+                self._backlog.add(method, args, cleanup)
+                cleanup = None  # the backlog cleans up once it was sent or dropped
+            elif self.state == "up":
                 getattr(self.tracker, method)(*args)
         except Exception as error:  # noqa: BLE001 - a tracker may fail in any way (HTTP, disk, its own bugs)
-            self.fail(error)
+            if self.tracker.recoverable(error):
+                self._go_down(error)
+                self._backlog.add(method, args, cleanup)
+                cleanup = None
+            else:
+                self.fail(error)
         finally:
             if method == "start":
                 self.opened.set()
             if cleanup is not None:
                 cleanup()
+
+    def _retry(self) -> None:
+        """Send the backlog; the tracker is up again if all of it went through, else it stays down (or stops)."""
+        missed = self._backlog.describe()
+        calls = self._backlog.take()
+        for index, (method, args, cleanup) in enumerate(calls):
+            try:
+                getattr(self.tracker, method)(*args)
+            except Exception as error:  # noqa: BLE001 - as in _call
+                replay_calls(calls[index:], self._backlog)
+                if not self.tracker.recoverable(error):
+                    self.fail(error)
+                self._retry_at = time.monotonic() + RETRY_SECONDS
+                return
+            if cleanup is not None:
+                cleanup()
+        with self._lock:
+            if self.state != "down":
+                return
+            self.state = "up"
+        self._warn(
+            f"tracker {self.tracker.name}: reachable again after {time.monotonic() - self._down_since:.0f} s; "
+            f"sent what it missed: {missed}"
+        )
 
 
 def _coalesce(calls: list[tuple]) -> list[tuple]:
@@ -227,15 +320,39 @@ class Trackers:
         checkpoint's local file) while the tracker still uploads it.
         """
         for worker in self._workers:
-            if worker.failed:
+            staged = self._staged(worker, path)
+            if staged is not None:
+                copy, cleanup = staged
+                worker.submit("log_artifact", Artifact(copy, path, tag, iteration), cleanup=cleanup)
+
+    def catch_up(self, best: dict[str, float], weights: Path | None) -> None:
+        """On resume: bring every tracker up to date with the checkpoint's best metrics and, when given, the
+        best weights (`weights` holds those of best["iteration"]): a tracker may have missed them (an outage
+        in an earlier process). Each tracker sends only what its run lacks."""
+        summary, step = summary_of(best), int(best["iteration"])
+        for worker in self._workers:
+            if weights is None:
+                worker.submit("catch_up", summary, step, None)
                 continue
-            try:
-                copy = self._stage(path, worker.tracker.name) if worker.tracker.wants_files else path
-            except OSError as error:
-                worker.fail(f"could not stage {path.name} for it: {error.strerror or error}")
-                continue
-            cleanup = (lambda staged=copy: shutil.rmtree(staged.parent, ignore_errors=True)) if copy != path else None
-            worker.submit("log_artifact", Artifact(copy, path, tag, iteration), cleanup=cleanup)
+            staged = self._staged(worker, weights)
+            if staged is not None:
+                copy, cleanup = staged
+                worker.submit("catch_up", summary, step, Artifact(copy, weights, "best", step), cleanup=cleanup)
+
+    def states(self) -> dict[str, str]:
+        """{tracker name: up | down | stopped}: down is an outage it is tried again after."""
+        return {worker.tracker.name: worker.state for worker in self._workers}
+
+    def _staged(self, worker: _Worker, path: Path) -> tuple[Path, Callable[[], None] | None] | None:
+        """(the tracker's own copy of `path`, what removes it), or None if the tracker stopped or it cannot be made."""
+        if worker.failed:
+            return None
+        try:
+            copy = self._stage(path, worker.tracker.name) if worker.tracker.wants_files else path
+        except OSError as error:
+            worker.fail(f"could not stage {path.name} for it: {error.strerror or error}")
+            return None
+        return copy, (lambda: shutil.rmtree(copy.parent, ignore_errors=True)) if copy != path else None
 
     def _stage(self, path: Path, owner: str) -> Path:
         """A private link to `path` (a copy across filesystems), in a folder of its own so it keeps its name."""
@@ -263,14 +380,19 @@ class Trackers:
                 return lines
 
     def close(self, finished: bool, timeout: float | None = None) -> None:
-        """End every run and wait at most `timeout` seconds in all (default CLOSE_TIMEOUT_SECONDS); a tracker
-        still busy then is left behind, with a warning."""
+        """End every run and wait at most `timeout` seconds in all (default CLOSE_TIMEOUT_SECONDS); a down tracker is
+        tried once more in that time; a tracker still busy then is left behind, with a warning (or, if it was down,
+        a line saying what it was not sent)."""
         timeout = CLOSE_TIMEOUT_SECONDS if timeout is None else timeout
         for worker in self._workers:
             worker.submit("close", finished)
         deadline = time.monotonic() + timeout
         for worker in self._workers:
-            if not worker.stop(deadline):
+            if worker.stop(deadline):
+                continue
+            if worker.state == "down":  # busy trying it once more: its down warning was given
+                worker.left_behind()
+            else:
                 worker.fail(f"still busy {timeout:g} s after training ended; what it had not sent yet is left out")
         if self._staging is not None:
             shutil.rmtree(self._staging, ignore_errors=True)

@@ -15,19 +15,58 @@ weight files under `checkpoints/best/` (each new best, replacing the previous on
 Resume: the checkpoint holds the MLflow run id and the run continues (status RUNNING again).
 MLflow cannot delete metric points, so the tracker asks the server for each metric's newest
 step and skips the steps it already holds: a killed run may have logged past its last
-checkpoint, and since Kiln's resume is exact those values are the same.
+checkpoint, and since Kiln's resume is exact those values are the same. Then `catch_up` sends the
+checkpoint's best metrics and best weights if the run lacks them (an earlier process lost the server).
+
+Outages: a request that fails because the server is away (no connection, a timeout, HTTP 5xx or
+429 after MLflow's own retries) is `recoverable`: the fan-out keeps what the tracker misses and
+sends it when the server answers again. A rejected request (HTTP 4xx) stops the tracker. A
+`tracking_uri` whose scheme no MLflow store takes is refused at the door (exit 2).
 """
 
 from __future__ import annotations
 
 import os
 import time
+import urllib.parse
 from typing import Any
 
+from trainer.errors import did_you_mean
 from trainer.registry import TRACKERS
 from trainer.tracking.trackers.base import Artifact, RunInfo, ScalarRow, Tracker, as_text, check_text, require
 
 KILN_RUN_TAG = "kiln.run_id"  # finds the run again when a checkpoint was saved before its id was known
+
+
+def check_scheme(tracking_uri: str | None) -> None:
+    """ValueError (exit 2 at the door) when the tracking URI, or MLFLOW_TRACKING_URI in its place, has a
+    scheme no installed MLflow store takes: without this check the run would start and the tracker
+    would fail on its thread with one warning, recording nothing."""
+    uri, source = tracking_uri, "tracking_uri"
+    if uri is None:
+        uri, source = os.environ.get("MLFLOW_TRACKING_URI"), "MLFLOW_TRACKING_URI (tracking_uri is not set)"
+    if not uri:
+        return
+    try:  # MLflow's own table of schemes (plugins included); private names, so only where they exist
+        from mlflow.tracking._tracking_service import utils as tracking_utils
+        from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException as Unsupported
+
+        stores = tracking_utils._tracking_store_registry
+    except (ImportError, AttributeError):
+        return
+    # Unity Catalog schemes are in the table only to refuse them when the store is built.
+    refused = getattr(tracking_utils, "_get_databricks_uc_rest_store", None)
+    try:
+        usable = stores.get_store_builder(uri) is not refused
+    except Unsupported:
+        usable = False
+    if not usable:
+        schemes = sorted(scheme for scheme, builder in stores._registry.items() if scheme and builder is not refused)
+        near = did_you_mean(urllib.parse.urlparse(uri).scheme, schemes)
+        raise ValueError(
+            f"{source} {uri!r} has a scheme MLflow cannot use{f' ({near})' if near else ''}; it takes "
+            f"{', '.join(schemes)} or a local path: give a server as http://HOST:PORT or a local store as sqlite:///PATH.db"
+        ) from None
 
 
 def _chunks(items: list, size: int) -> list[list]:
@@ -65,6 +104,7 @@ class MlflowTracker(Tracker):
         too_long = [key for key, value in self._tags.items() if len(value) > validation.MAX_TAG_VAL_LENGTH]
         if too_long:
             raise ValueError(f"tag {too_long[0]} is longer than MLflow's {validation.MAX_TAG_VAL_LENGTH} characters; shorten it")
+        check_scheme(tracking_uri)
         self._uri, self._experiment, self._run_name = tracking_uri, experiment, run_name
         self._client: Any = None
         self.run_id: str | None = None
@@ -105,8 +145,9 @@ class MlflowTracker(Tracker):
             return self._client.get_experiment_by_name(name).experiment_id
 
     def _existing_run(self, run: RunInfo, experiment_id: str) -> Any:
-        """The run to continue: the checkpoint's, else (a checkpoint saved before it was known) the
-        one tagged with Kiln's run id; None on a fresh run or when the server has neither."""
+        """The run to continue: the checkpoint's, else (a checkpoint saved before it was known, or a start
+        tried again after an outage that may have created it) the one tagged with Kiln's run id; None when
+        the server has neither."""
         saved = run.saved.get("run_id")
         if saved:
             try:
@@ -116,7 +157,7 @@ class MlflowTracker(Tracker):
                     raise
                 run.note(f"the checkpoint's run {saved} is not on {self._client.tracking_uri}; starting a new run")
                 return None
-        if not run.start_iteration or not run.run_id:
+        if not run.run_id:
             return None
         query = f"tags.`{KILN_RUN_TAG}` = '{run.run_id}'"
         found = self._client.search_runs([experiment_id], filter_string=query, max_results=1)
@@ -160,6 +201,27 @@ class MlflowTracker(Tracker):
     def log_summary(self, summary: dict[str, float], step: int) -> None:
         """best/<metric> and best/iteration as metrics at the best's iteration."""
         self.log_scalars([ScalarRow(step, summary, time.time())])
+
+    def catch_up(self, summary: dict[str, float], step: int, artifact: Artifact | None) -> None:
+        """The best metrics at their iteration unless the run holds that step already, and the best weights
+        unless the run's kiln.checkpoint.best_iteration tag says it has them (or a later best's)."""
+        sent = []
+        if step > self._held.get("best/iteration", -1):
+            self.log_summary(summary, step)
+            sent.append(f"the best metrics of iteration {step}")
+        if artifact is not None:
+            held = self._client.get_run(self.run_id).data.tags.get(f"kiln.checkpoint.{artifact.tag}_iteration")
+            if held is None or not held.isdigit() or int(held) < step:
+                self.log_artifact(artifact)
+                sent.append("its weights" if sent else f"the best weights of iteration {step}")
+        if sent and self._note is not None:
+            self._note(f"brought up to date with what an earlier process could not send: {' and '.join(sent)}")
+
+    def recoverable(self, error: Exception) -> bool:
+        """An outage: the server did not answer, refused the connection or failed (HTTP 5xx, 429), not a rejection (4xx)."""
+        if isinstance(error, OSError):
+            return True
+        return isinstance(error, self._error) and (error.get_http_status_code() >= 500 or error.get_http_status_code() == 429)
 
     def log_artifact(self, artifact: Artifact) -> None:
         """Upload the .pth under checkpoints/best/ or checkpoints/ and tag the run with where it is."""

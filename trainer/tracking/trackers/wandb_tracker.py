@@ -64,11 +64,13 @@ class WandbTracker(Tracker):
         self._held = -1  # the newest step the run holds: nothing at or before it is sent again
         self._state_file = Path(STATE_FILE)
         self._artifact = "model"
+        self._best_logged: int | None = None  # the iteration of the best weights the run holds (resume's catch-up)
 
     def start(self, run: RunInfo) -> None:
         """wandb.init with the checkpoint's run id (a new one on a fresh run), resume allowed."""
         wandb = self._wandb
         self.run_id = run.saved.get("run_id") or secrets.token_hex(6)  # known at once: the next checkpoint has it
+        self._best_logged = run.saved.get("best_artifact")
         self._state_file = run.log_dir / STATE_FILE
         self._artifact = f"{run.name}-{self.run_id}"  # never the run name: W&B allows only [A-Za-z0-9_.-] here
         settings = {} if "WANDB_CONSOLE" in os.environ else {"console": "off"}
@@ -117,10 +119,20 @@ class WandbTracker(Tracker):
         )
         version.add_file(str(artifact.path), name=artifact.path.name)  # copied into W&B's staging area now
         self._run.log_artifact(version, aliases=[artifact.tag])
+        if artifact.tag == "best":
+            self._best_logged = artifact.iteration
+
+    def catch_up(self, summary: dict[str, float], step: int, artifact: Artifact | None) -> None:
+        """The summary as the checkpoint has it, and the best weights unless the run logged those of that iteration."""
+        self.log_summary(summary, step)
+        if artifact is not None and artifact.iteration != self._best_logged:
+            self.log_artifact(artifact)
 
     def state(self) -> dict:
-        """{"run_id": ...}: known from the start."""
-        return {"run_id": self.run_id} if self.run_id else {}
+        """{"run_id": ..., "best_artifact": N}: the id is known from the start, N once best weights were logged."""
+        if not self.run_id:
+            return {}
+        return {"run_id": self.run_id, **({"best_artifact": self._best_logged} if self._best_logged is not None else {})}
 
     def close(self, finished: bool) -> None:
         """wandb's finish: exit code 0 when training reached its end, else 1."""
