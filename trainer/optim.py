@@ -261,7 +261,7 @@ def build_scheduler(config: Config, optimizer: torch.optim.Optimizer) -> Any | N
     spec = config.scheduler
     if spec is None:
         return None
-    target = _scheduler_class(spec)
+    target = scheduler_class(spec)
     takes_mode = inspect.isclass(target) and issubclass(target, torch.optim.lr_scheduler.ReduceLROnPlateau)
     extra = {"mode": config.val.mode} if takes_mode and "mode" in inspect.signature(target).parameters else {}
     scheduler = build_schedule(spec, optimizer, "scheduler", **extra)
@@ -290,19 +290,19 @@ def build_schedule(spec: Component, optimizer: torch.optim.Optimizer, key: str, 
     """
     kwargs, children = {}, {}
     for name, value in spec.kwargs.items():
-        nested = _nested_specs(value, f"{key}.{name}")
+        nested = nested_specs(value, f"{key}.{name}")
         if nested is None:
             kwargs[name] = value
         else:
             children[name] = [build_schedule(child, optimizer, f"{key}.{name}[{i}]") for i, child in enumerate(nested)]
     # The optimizer by name where the class has that argument: ChainedScheduler takes `schedulers` first.
-    target = _scheduler_class(spec)
-    by_name = target is not None and "optimizer" in _parameter_names(target)
+    target = scheduler_class(spec)
+    by_name = target is not None and "optimizer" in parameter_names(target)
     args, named = ((), {"optimizer": optimizer}) if by_name else ((optimizer,), {})
     return build(SCHEDULERS, Component(spec.type, kwargs), *args, key=key, **named, **extra, **children)
 
 
-def _nested_specs(value: Any, key: str) -> list[Component] | None:
+def nested_specs(value: Any, key: str) -> list[Component] | None:
     """The scheduler specs in a kwarg that is a list of `{type: ...}` mappings, else None (a plain value)."""
     if not isinstance(value, list) or not value or not all(isinstance(item, dict) for item in value):
         return None
@@ -319,7 +319,7 @@ def _nested_specs(value: Any, key: str) -> list[Component] | None:
     return specs
 
 
-def _scheduler_class(spec: Component) -> Any | None:
+def scheduler_class(spec: Component) -> Any | None:
     """The class `spec.type` names, or None when it is unknown (build() then reports it with the key)."""
     try:
         return SCHEDULERS.get(spec.type)
@@ -327,7 +327,7 @@ def _scheduler_class(spec: Component) -> Any | None:
         return None
 
 
-def _parameter_names(target: Any) -> list[str]:
+def parameter_names(target: Any) -> list[str]:
     """The names of a callable's parameters ([] when it has no signature)."""
     try:
         return list(inspect.signature(target).parameters)

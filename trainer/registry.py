@@ -122,7 +122,7 @@ def build(registry: Registry, spec: Component, *args: Any, key: str | None = Non
     except InputError as error:
         raise InputError(f"{where}{error}") from None
     kwargs = {**extra, **copy.deepcopy(spec.kwargs)}
-    _check_arguments(target, args, kwargs, what)
+    check_arguments(target, args, kwargs, what)
     try:
         return target(*args, **kwargs)
     except (ValueError, TypeError) as error:
@@ -133,7 +133,7 @@ def build(registry: Registry, spec: Component, *args: Any, key: str | None = Non
         raise InputError(f"{what}: {error}{fix}") from None
 
 
-def _check_arguments(target: Callable, args: tuple, kwargs: dict, what: str) -> None:
+def check_arguments(target: Callable, args: tuple, kwargs: dict, what: str) -> None:
     """Bind the arguments to the constructor's signature before calling it, to name a bad one."""
     try:
         signature = inspect.signature(target)

@@ -51,32 +51,32 @@ def check_components(config: Config) -> None:
 
 def _check(target_registry: Any, spec: Component, key: str, *args: Any, **extra: Any) -> Any:
     """The class `spec.type` names, once `args`, `extra` and the spec's kwargs bind to it (as build() checks)."""
-    from trainer.registry import _check_arguments  # build()'s own check, for its exact messages
+    from trainer.registry import check_arguments  # build()'s own check, for its exact messages
 
     where = f"config key {key}: "
     try:
         target = target_registry.get(spec.type)
     except InputError as error:
         raise InputError(f"{where}{error}") from None
-    _check_arguments(target, args, {**extra, **spec.kwargs}, f"{where}{target_registry.kind} {spec.type}")
+    check_arguments(target, args, {**extra, **spec.kwargs}, f"{where}{target_registry.kind} {spec.type}")
     return target
 
 
 def _check_schedule(spec: Component, key: str) -> None:
     """A scheduler and the schedulers nested in its kwargs (SequentialLR's `schedulers`), as build_schedule builds them."""
-    from trainer.optim import _nested_specs, _parameter_names, _scheduler_class
+    from trainer.optim import nested_specs, parameter_names, scheduler_class
     from trainer.registry import SCHEDULERS
 
     kwargs, children = {}, {}
     for name, value in spec.kwargs.items():
-        nested = _nested_specs(value, f"{key}.{name}")
+        nested = nested_specs(value, f"{key}.{name}")
         if nested is None:
             kwargs[name] = value
             continue
         for index, child in enumerate(nested):
             _check_schedule(child, f"{key}.{name}[{index}]")
         children[name] = [_SUPPLIED] * len(nested)
-    target = _scheduler_class(spec)
-    by_name = target is not None and "optimizer" in _parameter_names(target)
+    target = scheduler_class(spec)
+    by_name = target is not None and "optimizer" in parameter_names(target)
     args, named = ((), {"optimizer": _SUPPLIED}) if by_name else ((_SUPPLIED,), {})
     _check(SCHEDULERS, Component(spec.type, kwargs), key, *args, **named, **children)
