@@ -27,6 +27,8 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from io import StringIO
 from pathlib import Path
 from types import ModuleType
@@ -110,6 +112,25 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+@contextmanager
+def moto_server(log_dir: Path, **env: str) -> Iterator[tuple[subprocess.Popen, int]]:
+    """(moto's S3 server on 127.0.0.1 at a free port, the port), its output in `log_dir`/server.log and
+    `env` added to its environment; killed (it may be SIGSTOPped by then) and waited for at the end."""
+    port = free_port()
+    with (log_dir / "server.log").open("w") as log:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield server, port
+        finally:
+            server.kill()
+            server.wait(timeout=30)
 
 
 def run_train(cwd: Path, *args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:

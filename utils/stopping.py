@@ -10,7 +10,11 @@ the guards; both may import utils).
 
 from __future__ import annotations
 
+import ctypes
+import sys
 from typing import Protocol
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class Listener(Protocol):
@@ -35,3 +39,15 @@ def listen_to(listener: Listener | None) -> None:
 def stop_requested() -> bool:
     """Whether the registered listener has received a stop signal (False without one)."""
     return _listener is not None and _listener.received is not None
+
+
+def signal_on_parent_death(signum: int) -> bool:
+    """Ask the kernel to send this process `signum` when its parent dies (Linux `prctl(PR_SET_PDEATHSIG)`):
+    a worker or trial whose launcher is killed then stops as that signal stops it, instead of
+    training on unattended. Returns whether the kernel was asked (False off Linux or without prctl)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signum)) == 0
+    except (OSError, AttributeError):  # no prctl in this libc
+        return False

@@ -11,11 +11,9 @@ and they would train on and write checkpoints that a restarted job then races wi
 
 from __future__ import annotations
 
-import ctypes
 import datetime
 import os
 import signal
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -23,11 +21,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from utils.stopping import signal_on_parent_death
+
 # How long a collective may wait for a missing rank before the job fails instead of hanging.
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=10)
 # torchrun (torch.distributed.run) sets it in every worker's environment.
 TORCHRUN_ENV = "TORCHELASTIC_RUN_ID"
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # (this process, its parent) at import, before torch.distributed is set up: a launcher that died
 # before `end_with_launcher` asked the kernel to tell shows as a changed parent. (A process forked
 # after the import has another pid, and the process that forked it as its parent.)
@@ -94,12 +93,9 @@ def end_with_launcher(signum: int = signal.SIGTERM) -> bool:
     died before this call is caught by the parent check: the signal is raised here and now.
     Returns whether the kernel was asked (False outside torchrun, off Linux, without prctl).
     """
-    if TORCHRUN_ENV not in os.environ or not sys.platform.startswith("linux"):
+    if TORCHRUN_ENV not in os.environ:
         return False
-    try:
-        armed = ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signum)) == 0
-    except (OSError, AttributeError):  # no prctl in this libc: the launcher's death goes unnoticed, as before
-        return False
+    armed = signal_on_parent_death(signum)  # off Linux or without prctl: the launcher's death goes unnoticed
     pid, parent = _STARTED_AS
     if armed and pid == os.getpid() and os.getppid() != parent:
         signal.raise_signal(signum)  # the launcher is gone already: stop as its signal would have stopped us

@@ -12,10 +12,8 @@ with EXIT_PRUNED. The sweep process alone finishes trials (tell): a trial's proc
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
-import sys
 
 from trainer.callbacks import Stop, ValidationCallback
 from trainer.config.schema import Config
@@ -29,6 +27,7 @@ from trainer.sweep.study import (
     rdb_storage,
     storage_failure,
 )
+from utils.stopping import signal_on_parent_death
 
 # Set by tools/sweep.py for each trial's process: the Optuna storage URL its study lives in.
 SWEEP_STORAGE_ENV = "KILN_SWEEP_STORAGE"
@@ -37,7 +36,6 @@ SWEEP_TRIAL_ENV = "KILN_SWEEP_TRIAL"
 # The exit code of a run the sweep's pruner stopped: not 0 (it did not finish), 1 (failure),
 # 2 (bad input) or 128+signal, so the sweep records the trial as PRUNED.
 EXIT_PRUNED = 3
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def from_environment(config: Config) -> list[ValidationCallback]:
@@ -66,12 +64,7 @@ def _end_with_parent() -> None:
     """On Linux, have the kernel send this process SIGTERM when the sweep that started it dies, so
     that a killed sweep leaves no trial training on: the trial saves a checkpoint and exits (143),
     and the next run of the sweep resumes it."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # no prctl here: the sweep still resumes the trial, later
-        return
+    signal_on_parent_death(signal.SIGTERM)  # without prctl the sweep still resumes the trial, later
 
 
 class TrialReporter:

@@ -39,6 +39,7 @@ from tests.helpers import (
     load_params,
     load_tool,
     loaded_through_pretrain,
+    moto_server,
     published_weights,
     run_train,
     save_sharded,
@@ -82,15 +83,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory):
     """moto's S3 server with authentication on, a bucket, and the AWS_* environment pointing at it."""
     import boto3
 
-    port = free_port()
-    log = (tmp_path_factory.mktemp("moto") / "server.log").open("w")
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
+    with moto_server(tmp_path_factory.mktemp("moto"), INITIAL_NO_AUTH_ACTION_COUNT="3") as (server, port):
         _wait_for_port(port, server)
         endpoint = f"http://127.0.0.1:{port}"
         iam = boto3.client(
@@ -114,10 +107,6 @@ def s3(tmp_path_factory: pytest.TempPathFactory):
             proxy = Proxy(port)
             yield {"client": client, "env": env, "proxy": proxy, "endpoint": endpoint}
             proxy.close()
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
 
 
 def _prefix() -> str:

@@ -29,9 +29,9 @@ from tests.helpers import (
     assert_bitwise_equal,
     call,
     error_of,
-    free_port,
     load_params,
     load_tool,
+    moto_server,
     tiny_config,
     train_in_dir,
     write_config,
@@ -59,32 +59,15 @@ def store(tmp_path_factory: pytest.TempPathFactory):
     """moto's S3 server with a bucket, a Proxy in front of it, and the AWS_* environment."""
     import boto3
 
-    port = free_port()
-    log = (tmp_path_factory.mktemp("moto") / "server.log").open("w")
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "kiln",
-        "AWS_SECRET_ACCESS_KEY": "x",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            for name, value in env.items():
-                patch.setenv(name, value)
-            client = _wait_for(lambda: boto3.client("s3").create_bucket(Bucket=BUCKET) and boto3.client("s3"), server)
-            proxy = Proxy(port)
-            yield {"server": server, "client": client, "proxy": proxy, "endpoint": endpoint}
-            proxy.close()
-    finally:
-        server.kill()
-        server.wait(timeout=30)
-        log.close()
+    env = {"AWS_ACCESS_KEY_ID": "kiln", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"}
+    with moto_server(tmp_path_factory.mktemp("moto")) as (server, port), pytest.MonkeyPatch.context() as patch:
+        endpoint = f"http://127.0.0.1:{port}"
+        for name, value in {"AWS_ENDPOINT_URL": endpoint, **env}.items():
+            patch.setenv(name, value)
+        client = _wait_for(lambda: boto3.client("s3").create_bucket(Bucket=BUCKET) and boto3.client("s3"), server)
+        proxy = Proxy(port)
+        yield {"server": server, "client": client, "proxy": proxy, "endpoint": endpoint}
+        proxy.close()
 
 
 def _wait_for(make, server: subprocess.Popen, timeout: float = 60):
