@@ -1,4 +1,4 @@
-"""Export the weights of a checkpoint: python tools/export.py CHECKPOINT [-o OUT] [--format pth|safetensors|pt] [--force].
+"""Export the weights of a checkpoint: python tools/export.py CHECKPOINT [-o OUT] [--format pth|safetensors|pt|hf] [--force].
 
 - `--format pth` (default): the weight-only `{"params": state_dict}` the trainer writes, byte for
   byte, e.g. to recover a deleted `.pth` from its `.pt`.
@@ -7,6 +7,12 @@
 - `--format pt`: the whole checkpoint as one full `.pt`, for a sharded checkpoint directory
   (`<name>_iter_<N>.dcp`, which CHECKPOINT may be for every format): consolidated in host
   memory, its optimizer state keyed by parameter name as FSDP's file checkpoints are.
+- `--format hf`: a model directory in the Hugging Face layout (default OUT: CHECKPOINT's name
+  with `_hf`), which `transformers.AutoModelForCausalLM.from_pretrained(OUT)` loads: config.json,
+  model.safetensors (sharded above 5 GiB), generation_config.json and, when the run used an `hf`
+  tokenizer, its files (trainer/checkpoint/hf_export.py). It needs a full checkpoint (.pt or
+  .dcp), whose recorded config says the architecture: `model: {type: hf, ...}`, `GPT` (as GPT-2)
+  or `Llama`; any other model is exit 2.
 
 From a full `.pt` it takes the weights the trainer's `.pth` of that iteration holds: the EMA
 weights when the run used `train.ema`, else the model's. A `.pth` or another tool's state dict
@@ -30,7 +36,7 @@ if str(REPO) not in sys.path:
 
 from utils.cli import OneLineErrorParser, run_tool  # noqa: E402  (needs the repo root on sys.path)
 
-SUFFIXES = {"pth": ".pth", "safetensors": ".safetensors", "pt": ".pt"}
+SUFFIXES = {"pth": ".pth", "safetensors": ".safetensors", "pt": ".pt", "hf": "_hf"}
 EMA_COUNTER = "n_averaged"  # AveragedModel's step counter, not a weight
 
 
@@ -47,7 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "model folder or sharded index",
     )
     parser.add_argument("-o", "--output", help="where to write (default: CHECKPOINT with the format's suffix)")
-    parser.add_argument("--format", choices=sorted(SUFFIXES), default="pth", help="pth (default), safetensors or pt")
+    parser.add_argument("--format", choices=sorted(SUFFIXES), default="pth", help="pth (default), safetensors, pt or hf")
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     return parser.parse_args(argv)
 
@@ -71,7 +77,7 @@ def output_path(source: Path, output: str | None, fmt: str, force: bool) -> Path
     """The file to write; an existing one (or the source itself) is an InputError unless --force."""
     from trainer.errors import InputError
 
-    target = Path(output) if output else source.with_suffix(SUFFIXES[fmt])
+    target = Path(output) if output else _default_output(source, fmt)
     if target.resolve() == source.resolve():
         raise InputError(f"{target} is the checkpoint itself; give another -o OUT")
     if target.exists() and not force:
@@ -79,6 +85,13 @@ def output_path(source: Path, output: str | None, fmt: str, force: bool) -> Path
     if not target.parent.is_dir():
         raise InputError(f"-o {target}: the folder {target.parent} does not exist; create it first")
     return target
+
+
+def _default_output(source: Path, fmt: str) -> Path:
+    """CHECKPOINT with the format's suffix (`x.pt` -> `x.safetensors`; `x.pt` -> `x_hf/` for hf)."""
+    if fmt == "hf":
+        return source.with_name(source.name.removesuffix(source.suffix) + SUFFIXES[fmt])
+    return source.with_suffix(SUFFIXES[fmt])
 
 
 def write_pth(weights: dict, target: Path) -> None:
@@ -127,6 +140,10 @@ def export(checkpoint: str, output: str | None, fmt: str, force: bool) -> tuple[
             f"checkpoint {source} holds no weights: it is not a Kiln .pt or .pth and has no params, model or "
             f"state_dict entry (its keys: {keys}); load it yourself and torch.save its state dict"
         ) from None
+    if fmt == "hf":
+        target = _default_output(source, fmt) if output is None else Path(output)
+        files = write_hf(obj, weights, source, target, force)
+        return target, f"{len(files)} files ({', '.join(files)}) in the Hugging Face layout, from the {what}", len(weights)
     target = output_path(source, output, fmt, force)
     try:
         if fmt == "safetensors":
@@ -141,6 +158,57 @@ def export(checkpoint: str, output: str | None, fmt: str, force: bool) -> tuple[
     except OSError as error:  # it names the temporary file; the user knows the target
         raise OSError(error.errno, error.strerror or str(error), str(target)) from error
     return target, what, len(weights)
+
+
+def write_hf(obj: Any, weights: dict, source: Path, target: Path, force: bool) -> list[str]:
+    """The Hugging Face directory of a full checkpoint's weights; return the file names written."""
+    from models.hf import generation_config, model_for_export
+    from trainer.checkpoint import KEY_CONFIG
+    from trainer.checkpoint.hf_export import check_target, write_model_directory
+    from trainer.errors import InputError
+
+    check_target(target, force)  # before any work
+    if not (isinstance(obj, dict) and isinstance(obj.get(KEY_CONFIG), dict)):
+        raise InputError(
+            f"--format hf needs a full checkpoint (a .pt or a sharded .dcp directory), which records the model's config; "
+            f"{source} holds weights only: export the .pt of the same iteration"
+        )
+    run_config = obj[KEY_CONFIG]
+    model = model_for_export(run_config.get("model") or {}, f"checkpoint {source}")
+    expected = set(model.state_dict())
+    if set(weights) != expected:
+        differing = sorted(set(weights) ^ expected)[:3]
+        raise InputError(f"checkpoint {source}: its weights do not fit the model its config records (e.g. {differing})")
+    tensors = dict(pair for key, value in weights.items() if (pair := model.hf_export(key, value)) is not None)
+    tokenizer = run_tokenizer(run_config, obj, source)
+    return write_model_directory(
+        target,
+        config=model.hf_config(),
+        tensors=tensors,
+        generation_config=generation_config(model, tokenizer),
+        tokenizer_files=list(tokenizer.files) if tokenizer is not None else [],
+        force=force,
+    )
+
+
+def run_tokenizer(run_config: dict, obj: dict, source: Path) -> Any | None:
+    """The run's `hf` tokenizer (data.train's), checked against the one the checkpoint recorded; None for another kind."""
+    from data.hf_tokenizer import HFTokenizer
+
+    from trainer.errors import InputError
+
+    train = (run_config.get("data") or {}).get("train") or {}
+    spec = train.get("tokenizer") if isinstance(train, dict) else None
+    if not (isinstance(spec, dict) and spec.get("type") == "hf"):
+        return None
+    tokenizer = HFTokenizer(spec.get("path"))
+    recorded = (((obj.get("data") or {}).get("train") or {}).get("tokenizer") or {}).get("sha256")
+    if recorded is not None and recorded != tokenizer.fingerprint():
+        raise InputError(
+            f"checkpoint {source} was trained with another tokenizer than the one now in {spec.get('path')} "
+            "(its fingerprint changed); restore the tokenizer the run used, then export again"
+        )
+    return tokenizer
 
 
 def main(argv: list[str] | None = None) -> int:

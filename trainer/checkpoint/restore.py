@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainer.checkpoint import hf_directory
 from trainer.checkpoint.formats import format_of
 from trainer.checkpoint.layout import KEY_CONFIG, KEY_ITERATION, KEY_OPTIMIZER, KEY_SCHEDULER, TrainingState
 from trainer.checkpoint.loading import load_model_state
@@ -218,6 +219,8 @@ def load_pretrained(model: nn.Module, config: Config, strategy: SingleDevice | N
     """Load model weights from `pretrain_path` (fresh optimizer, iteration 0); return log notes."""
     if not config.pretrain_path:
         return []
+    if hf_directory.is_model_directory(config.pretrain_path):  # a published model: strict, shard by shard
+        return [hf_directory.load_model_directory(model, config.pretrain_path, strategy)]
     state = read_weights(config.pretrain_path, config.pretrain_key, config.pretrain_revise_keys)
     source = f"pretrain_path {config.pretrain_path}"
     report = load_model_state(model, state, strict=config.strict_load, source=source, strategy=strategy)

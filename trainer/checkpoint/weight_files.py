@@ -15,6 +15,7 @@ naming the file and the fix, as trainer.checkpoint.manager.load_file's are.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -102,6 +103,51 @@ def shard_files(path: Path, what: str) -> list[str]:
                 "use the index save_pretrained wrote"
             )
     return names
+
+
+def shard_plan(folder: Path, what: str) -> list[tuple[Path, list[str] | None]]:
+    """(shard file, the tensor names the index maps to it; None: all of the file's) for a model
+    folder, every shard checked to exist before any is read: a missing one fails fast."""
+    found = _in_folder(folder)
+    if found is None:
+        raise InputError(f"{what} {folder} has neither {INDEX_NAME} nor {SINGLE_NAME}; download the model's weights into it")
+    if found.name == SINGLE_NAME:
+        return [(found, None)]
+    by_shard: dict[str, list[str]] = {}
+    for name, shard in _weight_map(found, what).items():
+        by_shard.setdefault(shard, []).append(name)
+    shard_files(found, what)  # names that are not plain file names beside the index are refused
+    for shard, names in by_shard.items():
+        if not (folder / shard).is_file():
+            raise InputError(
+                f"{what} {found} names shard {shard} ({len(names)} tensors, e.g. {names[0]}), which is not in "
+                f"{folder}; download every shard the index lists into that folder"
+            )
+    return [(folder / shard, names) for shard, names in by_shard.items()]
+
+
+def read_tensors(path: Path, names: list[str] | None, what: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) of one .safetensors file, one tensor at a time in the file's own dtype
+    (`names`: those of an index, each of which the file must hold); damage is an InputError."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt", device="cpu") as file:
+            held = set(file.keys())
+            absent = [name for name in names or [] if name not in held]
+            if absent:
+                raise InputError(
+                    f"{what}: the index maps {len(absent)} tensors to {path.name}, which lacks them (e.g. {absent[0]}); "
+                    "the index and the shards come from different saves: download them again together"
+                )
+            for name in names if names is not None else sorted(held):
+                yield name, file.get_tensor(name)
+    except InputError:
+        raise
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own SafetensorError on damaged bytes
+        raise InputError(
+            f"{what} {path} is corrupt, truncated or not a safetensors file ({first_line(error)}); download it again"
+        ) from None
 
 
 def _load_sharded(index: Path, what: str) -> dict[str, torch.Tensor]:
