@@ -21,10 +21,18 @@ training text only and never sees validation text. With `tokenizer: bytes` this 
 "the last val_fraction of the token stream". A BPE asked for a `vocab_size` larger than the
 training text gives (no pair left to merge) is smaller: the dataset's `notes` say so.
 
+Tokenizers. `tokenizer: bytes` (each byte a token), `{type: bpe, vocab_size: N}` (trained on
+the training split) or `{type: hf, path: DIR}`: a published model's tokenizer read from DIR
+(data/hf_tokenizer.py; not copied beside the cache). The corpus is one stream: it is encoded
+without the special tokens a tokenizer adds around a text (no BOS), as transformers'
+`tokenizer(text, add_special_tokens=False)`; a special-token string written in the files
+(`<|endoftext|>` between documents) becomes its id, which stands for 0 bytes in `token_bytes`.
+
 Cache. Both splits' tokens go into one `.npy` (uint16, or uint32 for a vocabulary over 65,536)
 under `cache_dir` (default `$XDG_CACHE_HOME/kiln/text`, else `~/.cache/kiln/text`), named by a
-hash of the corpus bytes, the tokenizer spec and val_fraction: a changed corpus is tokenised
-again, an unchanged one is memory-mapped as it is. Beside it: `<key>.json` (split sizes; written
+hash of the corpus bytes, the tokenizer spec (for hf: the tokenizer's fingerprint instead of
+its path, so an edited tokenizer.json re-tokenises) and val_fraction: a changed corpus is
+tokenised again, an unchanged one is memory-mapped as it is. Beside it: `<key>.json` (split sizes; written
 last, so its presence means complete), `<key>.tokenizer.json` for BPE (what evaluation and
 tools/generate.py decode with) and `<key>.lock`: the process that builds holds an fcntl lock on
 it, and a second process (another rank, a concurrent run) waits for the lock and then reuses
@@ -34,7 +42,8 @@ this build created are removed again). Delete the folder to reclaim it.
 
 Identity. `identity()` is what the run trains or validates on, as a small dict: the corpus
 (sha256 of its text bytes in order, files, bytes), the tokenizer (type, vocab_size, sha256 of
-its vocabulary and merges), split, val_fraction and block_size. The Trainer records it in every
+its vocabulary and merges, or an hf tokenizer's fingerprint, and for hf its folder's `path`),
+split, val_fraction and block_size. The Trainer records it in every
 checkpoint and refuses a resume whose data differ (trainer/guards/data_identity.py).
 """
 
@@ -59,7 +68,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data.text_tokenizers import BPETokenizer, ByteTokenizer, CorpusError, TableTokenizer, parse_tokenizer_spec
+from data.text_tokenizers import (
+    BPETokenizer,
+    ByteTokenizer,
+    CorpusError,
+    TableTokenizer,
+    parse_tokenizer_spec,
+    tokenizer_from_spec,
+)
 from trainer.registry import DATASETS
 from utils.io import atomic_write, atomic_write_text
 
@@ -184,18 +200,24 @@ def split_point(data: bytes, val_fraction: float) -> int:
     return cut
 
 
-def tokenise_corpus(data: bytes, spec: dict, val_fraction: float) -> tuple[np.ndarray, int, TableTokenizer]:
-    """(train then val token ids, number of training tokens, tokenizer) for the corpus bytes `data`."""
+def tokenise_corpus(data: bytes, spec: dict, val_fraction: float, tokenizer: Any = None) -> tuple[np.ndarray, int, Any]:
+    """(train then val token ids, number of training tokens, tokenizer) for the corpus bytes `data`.
+
+    `tokenizer`: the one `spec` names, when already built (an hf one, read by TextTokens);
+    otherwise built here, and a BPE is trained on the training split.
+    """
     cut = split_point(data, val_fraction)
-    if spec["type"] == "bytes":
-        tokenizer: TableTokenizer = ByteTokenizer()
+    tokenizer = tokenizer if tokenizer is not None else tokenizer_from_spec(spec)
+    if isinstance(tokenizer, ByteTokenizer):
         return np.frombuffer(data, dtype=np.uint8).astype(np.uint16), cut, tokenizer
     # Strict: read_corpus let only UTF-8 through, and the cut is at a character start, so the text
     # is the files' bytes exactly (a replacement character would inflate num_bytes and deflate bpb).
     train_text, val_text = data[:cut].decode("utf-8"), data[cut:].decode("utf-8")
-    tokenizer = BPETokenizer.train(train_text, spec["vocab_size"])
+    if tokenizer is None:
+        tokenizer = BPETokenizer.train(train_text, spec["vocab_size"])
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
-    train, val = np.asarray(tokenizer.encode(train_text), dtype), np.asarray(tokenizer.encode(val_text), dtype)
+    # add_special_tokens=False: the corpus is one stream, not texts that each get a BOS
+    train, val = (np.asarray(tokenizer.encode(text, add_special_tokens=False), dtype) for text in (train_text, val_text))
     return np.concatenate([train, val]), len(train), tokenizer
 
 
@@ -209,19 +231,20 @@ class TokenCache:
         self.lock_path = directory / f"{key}.lock"
 
     def load_or_build(
-        self, files: list[Path], spec: dict, val_fraction: float, accept: Callable[[dict], None]
-    ) -> tuple[dict, np.ndarray, TableTokenizer]:
+        self, files: list[Path], spec: dict, val_fraction: float, accept: Callable[[dict], None], tokenizer: Any = None
+    ) -> tuple[dict, np.ndarray, Any]:
         """(meta, memory-mapped tokens, tokenizer), tokenising the corpus first if no complete cache exists.
 
-        `accept(meta)` raises a CorpusError when the tokens cannot serve (a split shorter than one
+        `tokenizer`: the one `spec` names when it is not trained on the corpus (bytes, hf); a BPE
+        is read from beside the cache. `accept(meta)` raises a CorpusError when the tokens cannot serve (a split shorter than one
         window): a fresh build calls it before writing anything, and removes the lock file and the
         folders it created, so that a rejected corpus leaves the disk as it found it.
         """
-        loaded = self._load(spec)
+        loaded = self._load(spec, tokenizer)
         if loaded is None:
             new_folders, new_lock = _missing_folders(self.lock_path.parent), not self.lock_path.exists()
             try:
-                loaded = self._build(files, spec, val_fraction, accept)
+                loaded = self._build(files, spec, val_fraction, accept, tokenizer)
             except CorpusError:
                 _remove_traces(self.lock_path if new_lock else None, new_folders)
                 raise
@@ -229,19 +252,19 @@ class TokenCache:
         return loaded
 
     def _build(
-        self, files: list[Path], spec: dict, val_fraction: float, accept: Callable[[dict], None]
-    ) -> tuple[dict, np.ndarray, TableTokenizer]:
+        self, files: list[Path], spec: dict, val_fraction: float, accept: Callable[[dict], None], tokenizer: Any
+    ) -> tuple[dict, np.ndarray, Any]:
         """Tokenise and write the cache under the lock (unless another process did while this one waited)."""
         with self._locked():
-            loaded = self._load(spec)  # another process may have built it while this one waited
+            loaded = self._load(spec, tokenizer)  # another process may have built it while this one waited
             if loaded is not None:
                 return loaded
             data = b"".join(path.read_bytes() for path in files)
-            tokens, n_train, tokenizer = tokenise_corpus(data, spec, val_fraction)
-            meta = _meta(tokens, n_train, tokenizer, len(data))
+            tokens, n_train, tokenizer = tokenise_corpus(data, spec, val_fraction, tokenizer)
+            meta = _meta(tokens, n_train, tokenizer, len(data), split_point(data, val_fraction))
             accept(meta)  # before the first write: a rejected corpus writes no cache
             self._write(tokens, tokenizer, meta)
-        loaded = self._load(spec)
+        loaded = self._load(spec, tokenizer)
         if loaded is None:
             raise OSError(f"the token cache {self.tokens_path} was written but cannot be read back")
         return loaded
@@ -257,22 +280,22 @@ class TokenCache:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _load(self, spec: dict) -> tuple[dict, np.ndarray, TableTokenizer] | None:
+    def _load(self, spec: dict, tokenizer: Any) -> tuple[dict, np.ndarray, Any] | None:
         """The complete cache, or None when it is missing or does not add up (then it is rebuilt)."""
         if not self.meta_path.is_file():
             return None
         try:
             meta = json.loads(self.meta_path.read_text())
             tokens = np.load(self.tokens_path, mmap_mode="r")  # no copy: pages are read on demand
-            bpe = spec["type"] == "bpe"
-            tokenizer = BPETokenizer.from_json(self.tokenizer_path.read_text()) if bpe else ByteTokenizer()
+            if tokenizer is None:  # a BPE: the one trained when the cache was built
+                tokenizer = BPETokenizer.from_json(self.tokenizer_path.read_text())
         except (OSError, ValueError):  # a file deleted or damaged by hand (JSONDecodeError is a ValueError)
             return None
         if meta.get("version") != CACHE_VERSION or tokens.shape != (meta.get("tokens"),):
             return None
         return meta, tokens, tokenizer
 
-    def _write(self, tokens: np.ndarray, tokenizer: TableTokenizer, meta: dict) -> None:
+    def _write(self, tokens: np.ndarray, tokenizer: Any, meta: dict) -> None:
         """Tokenizer, tokens, then the meta that marks them complete; each file atomically."""
         self.tokens_path.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(tokenizer, BPETokenizer):
@@ -281,11 +304,17 @@ class TokenCache:
         atomic_write_text(self.meta_path, json.dumps(meta, indent=1))
 
 
-def _meta(tokens: np.ndarray, n_train: int, tokenizer: TableTokenizer, size: int) -> dict:
-    """The cache's meta (split sizes in tokens and bytes); CorpusError if the tokens do not stand for
-    exactly the corpus's `size` bytes (bpb divides by these bytes: they must be the files')."""
-    sizes = tokenizer.token_bytes().numpy()[tokens.astype(np.int64)]  # (n,) bytes of each token
-    train_bytes, val_bytes = int(sizes[:n_train].sum()), int(sizes[n_train:].sum())
+def _meta(tokens: np.ndarray, n_train: int, tokenizer: Any, size: int, cut: int) -> dict:
+    """The cache's meta (split sizes in tokens and bytes: the files' bytes before and after `cut`).
+
+    A table tokenizer (bytes, bpe) maps every id to exact bytes: CorpusError if its tokens do not
+    stand for exactly the corpus's `size` bytes (bpb divides by them: they must be the files').
+    An hf tokenizer is not checked so: its special tokens written in the text count 0 bytes.
+    """
+    train_bytes, val_bytes = cut, size - cut
+    if isinstance(tokenizer, TableTokenizer):
+        sizes = tokenizer.token_bytes().numpy()[tokens.astype(np.int64)]  # (n,) bytes of each token
+        train_bytes, val_bytes = int(sizes[:n_train].sum()), int(sizes[n_train:].sum())
     if train_bytes + val_bytes != size:
         raise CorpusError(
             f"the tokenizer's tokens stand for {train_bytes + val_bytes:,} bytes, the corpus has {size:,}; "
@@ -325,8 +354,11 @@ def _remove_traces(lock: Path | None, folders: list[Path]) -> None:
             return
 
 
-def cache_key(digest: str, spec: dict, val_fraction: float) -> str:
-    """A file-name-safe hash of everything the cached tokens depend on."""
+def cache_key(digest: str, spec: dict, val_fraction: float, tokenizer: Any = None) -> str:
+    """A file-name-safe hash of everything the cached tokens depend on; for an hf tokenizer its
+    fingerprint stands in for its path (an edited tokenizer.json re-tokenises, a moved one does not)."""
+    if spec["type"] == "hf":
+        spec = {"type": "hf", "sha256": tokenizer.fingerprint()}
     what = {"version": CACHE_VERSION, "corpus": digest, "tokenizer": spec, "val_fraction": val_fraction}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -357,14 +389,15 @@ class TextTokens(Dataset):
     ) -> None:
         _check_arguments(split, block_size, val_fraction)
         spec = parse_tokenizer_spec(tokenizer)
+        named = tokenizer_from_spec(spec)  # bytes; hf read now (a bad folder fails before the corpus is scanned); None: bpe
         corpus = read_corpus(root)
         self.files, self.skipped = corpus.files, corpus.skipped
         if corpus.size == 0:
             raise CorpusError(f"root {_describe(root)} is an empty corpus ({len(self.files)} files, 0 bytes); point it at text")
         directory = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-        cache = TokenCache(directory, cache_key(corpus.digest, spec, val_fraction))
+        cache = TokenCache(directory, cache_key(corpus.digest, spec, val_fraction, named))  # hf: keyed by its fingerprint
         fits = partial(_check_length, split=split, block_size=block_size, root=root, size=corpus.size, val_fraction=val_fraction)
-        meta, self._tokens, self.tokenizer = cache.load_or_build(self.files, spec, val_fraction, fits)
+        meta, self._tokens, self.tokenizer = cache.load_or_build(self.files, spec, val_fraction, fits, named)
         self.cache_path = cache.tokens_path
         self.split, self.block_size, self.tokens_per_sample = split, block_size, block_size
         self.vocab_size = meta["vocab_size"]
@@ -376,7 +409,7 @@ class TextTokens(Dataset):
         self._length = self.num_tokens - block_size if train else math.ceil((self.num_tokens - 1) / block_size)
         self._identity = {
             "corpus": {"sha256": corpus.digest, "files": len(self.files), "bytes": corpus.size},
-            "tokenizer": {"type": spec["type"], "vocab_size": self.vocab_size, "sha256": self.tokenizer.fingerprint()},
+            "tokenizer": _tokenizer_identity(spec, self.tokenizer, self.vocab_size),
             "split": split,
             "val_fraction": val_fraction,
             "block_size": block_size,
@@ -424,6 +457,12 @@ class TextTokens(Dataset):
     def __getstate__(self) -> dict:
         """Pickle without the memory map (a DataLoader worker under spawn maps the file itself)."""
         return {**self.__dict__, "_tokens": None}
+
+
+def _tokenizer_identity(spec: dict, tokenizer: Any, vocab_size: int) -> dict[str, Any]:
+    """type, vocab_size and sha256 (the fingerprint): what decides the ids. Not an hf tokenizer's
+    folder: the same files elsewhere are the same tokenizer (export finds them through the run's config)."""
+    return {"type": spec["type"], "vocab_size": vocab_size, "sha256": tokenizer.fingerprint()}
 
 
 def _check_arguments(split: Any, block_size: Any, val_fraction: Any) -> None:

@@ -1,8 +1,11 @@
-"""Tokenizers for TextTokens: raw UTF-8 bytes (vocab 256) and a byte-level BPE (HF `tokenizers`).
+"""Tokenizers for TextTokens: raw UTF-8 bytes (vocab 256), a byte-level BPE trained on the corpus
+(HF `tokenizers`), and a published model's tokenizer read from its folder (data/hf_tokenizer.py).
 
-Both map token ids to the exact bytes they stand for, so decoding is a table lookup, a
+The first two map token ids to the exact bytes they stand for, so decoding is a table lookup, a
 stream of ids can be decoded incrementally (tools/generate.py), and each token's byte
-length (`token_bytes`, what the bpb metric divides by) is exact.
+length (`token_bytes`, what the bpb metric divides by) is exact. Every tokenizer offers
+`encode(text, add_special_tokens=False)`, `decode(ids)`, `token_bytes()`, `fingerprint()` and
+`vocab_size`; `tokenizer_from_spec` builds the one a spec names.
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ import torch
 
 from trainer.errors import InputError
 
-TOKENIZER_HELP = "use tokenizer: bytes, or tokenizer: {type: bpe, vocab_size: N} with N >= 256"
+TOKENIZER_HELP = (
+    "use tokenizer: bytes, tokenizer: {type: bpe, vocab_size: N} with N >= 256, or tokenizer: {type: hf, path: DIR} "
+    "(a folder with tokenizer.json)"
+)
 
 
 class CorpusError(InputError, ValueError):
@@ -36,8 +42,8 @@ class TableTokenizer:
         """Number of token ids."""
         return len(self.vocab)
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text`."""
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of `text` (add_special_tokens: the same interface as HFTokenizer; a table has none to add)."""
         raise NotImplementedError
 
     def to_bytes(self, ids: list[int]) -> bytes:
@@ -75,8 +81,8 @@ class ByteTokenizer(TableTokenizer):
     def __init__(self) -> None:
         self.vocab = [bytes([i]) for i in range(256)]
 
-    def encode(self, text: str) -> list[int]:
-        """The UTF-8 bytes of `text` (UnicodeEncodeError for a lone surrogate)."""
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """The UTF-8 bytes of `text` (UnicodeEncodeError for a lone surrogate); nothing is added."""
         return list(text.encode("utf-8"))
 
 
@@ -113,8 +119,8 @@ class BPETokenizer(TableTokenizer):
         """HF's tokenizer.json text: loadable by `from_json` or by `tokenizers.Tokenizer.from_file`."""
         return self.hf.to_str()
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text`."""
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of `text` (no special tokens: this BPE has none)."""
         return self.hf.encode(text, add_special_tokens=False).ids
 
     def _rules(self) -> bytes:
@@ -131,13 +137,13 @@ class BPETokenizer(TableTokenizer):
         self.__init__(import_tokenizers().Tokenizer.from_str(state["json"]))
 
 
-def import_tokenizers() -> Any:
+def import_tokenizers(what: str = "tokenizer type bpe") -> Any:
     """The HF `tokenizers` package, or an InputError saying how to install it (it is optional)."""
     try:
         import tokenizers
     except ImportError:
         raise CorpusError(
-            "tokenizer type bpe needs the `tokenizers` package, which is not installed; "
+            f"{what} needs the `tokenizers` package, which is not installed; "
             "run `pip install tokenizers` (or use tokenizer: bytes)"
         ) from None
     return tokenizers
@@ -160,22 +166,36 @@ def _gpt2_byte_to_char() -> dict[int, str]:
     return table
 
 
+_CHAR_TO_BYTE = {char: byte for byte, char in _gpt2_byte_to_char().items()}
+
+
+def byte_level_piece(piece: str) -> bytes | None:
+    """The bytes a byte-level BPE token string stands for ("Ġthe" -> b" the"); None when a
+    character is outside the byte alphabet (an added token, written as itself)."""
+    try:
+        return bytes(_CHAR_TO_BYTE[char] for char in piece)
+    except KeyError:
+        return None
+
+
 def _byte_vocab(hf_tokenizer: Any) -> list[bytes]:
-    """vocab[id] = the bytes of token `id` of a byte-level BPE."""
-    char_to_byte = {char: byte for byte, char in _gpt2_byte_to_char().items()}
+    """vocab[id] = the bytes of token `id` of a byte-level BPE (trained here: every piece is in the alphabet)."""
     pieces = hf_tokenizer.get_vocab()  # {token string in the byte alphabet: id}
     vocab = [b""] * (max(pieces.values()) + 1)
     for piece, index in pieces.items():
-        vocab[index] = bytes(char_to_byte[char] for char in piece)
+        vocab[index] = byte_level_piece(piece)
     return vocab
 
 
 def parse_tokenizer_spec(spec: Any) -> dict[str, Any]:
-    """`bytes` or {type: bpe, vocab_size: N} -> a normalised dict ({"type": "bytes"} or {"type": "bpe", "vocab_size": N})."""
+    """`bytes`, {type: bpe, vocab_size: N} or {type: hf, path: DIR} -> a normalised dict
+    ({"type": "bytes"}, {"type": "bpe", "vocab_size": N} or {"type": "hf", "path": DIR})."""
     if spec == "bytes" or spec == {"type": "bytes"}:
         return {"type": "bytes"}
-    if spec == "bpe":
-        raise CorpusError(f"tokenizer bpe needs a vocab_size; {TOKENIZER_HELP}")
+    if spec in ("bpe", "hf"):
+        raise CorpusError(f"tokenizer {spec} needs {'a vocab_size' if spec == 'bpe' else 'a path'}; {TOKENIZER_HELP}")
+    if isinstance(spec, dict) and spec.get("type") == "hf":
+        return _parse_hf_spec(spec)
     if isinstance(spec, dict) and spec.get("type") == "bpe":
         unknown = sorted(set(spec) - {"type", "vocab_size"})
         size = spec.get("vocab_size")
@@ -185,3 +205,26 @@ def parse_tokenizer_spec(spec: Any) -> dict[str, Any]:
             raise CorpusError(f"tokenizer vocab_size {size!r} is not an integer >= 256 (the byte alphabet); {TOKENIZER_HELP}")
         return {"type": "bpe", "vocab_size": size}
     raise CorpusError(f"tokenizer {spec!r} is not a tokenizer spec; {TOKENIZER_HELP}")
+
+
+def _parse_hf_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """{type: hf, path: DIR} checked: path a non-empty string, no other keys (the folder is read later)."""
+    unknown = sorted(set(spec) - {"type", "path"})
+    if unknown:
+        raise CorpusError(f"tokenizer {spec!r} has unknown keys {unknown}; {TOKENIZER_HELP}")
+    path = spec.get("path")
+    if not isinstance(path, str) or not path:
+        raise CorpusError(f"tokenizer type hf needs path: a folder with tokenizer.json, got {path!r}; {TOKENIZER_HELP}")
+    return {"type": "hf", "path": path}
+
+
+def tokenizer_from_spec(spec: dict[str, Any]) -> Any:
+    """The tokenizer a parsed spec names, or None for bpe (trained on the corpus, see data/text.py):
+    ByteTokenizer for bytes, HFTokenizer (data/hf_tokenizer.py) read from its folder for hf."""
+    if spec["type"] == "bytes":
+        return ByteTokenizer()
+    if spec["type"] == "hf":
+        from data.hf_tokenizer import HFTokenizer  # it imports this module
+
+        return HFTokenizer(spec["path"])
+    return None

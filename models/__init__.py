@@ -5,6 +5,7 @@ names such a model)."""
 from models import (
     gpt,  # noqa: F401  (registers GPT)
     hf,  # noqa: F401  (registers hf: the architecture of a Hugging Face config.json)
+    llama,  # noqa: F401  (registers Llama: llama, mistral, qwen2, qwen3)
     simple_cnn,  # noqa: F401  (registers SimpleCNN, MLP)
     sr,  # noqa: F401  (registers SRCNN, EDSR)
     timm_models,

@@ -35,6 +35,29 @@ LLAMA3_ROPE = {
 LINEAR_ROPE = {"rope_type": "linear", "factor": 2.0}
 
 
+# A dataset plugin for run configs (written beside the config as fixed_batch.py and imported
+# through `imports: [fixed_batch]`): the same two rows of token ids at every step, so that a
+# reference loop over transformers' model takes exactly the trainer's batches.
+FIXED_BATCH = '''
+import torch
+from torch.utils.data import Dataset
+
+
+class FixedTokens(Dataset):
+    def __init__(self, vocab_size, length, seed=0):
+        generator = torch.Generator().manual_seed(seed)
+        self.tokens = torch.randint(vocab_size, (2, length + 1), generator=generator)
+        self.vocab_size = vocab_size
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        row = self.tokens[index]
+        return row[:-1], row[1:]
+'''
+
+
 def _classes(model_type: str) -> tuple[Any, Any]:
     """(config class, causal-LM class) of transformers for `model_type`."""
     import transformers

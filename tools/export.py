@@ -181,11 +181,15 @@ def write_hf(obj: Any, weights: dict, source: Path, target: Path, force: bool) -
         raise InputError(f"checkpoint {source}: its weights do not fit the model its config records (e.g. {differing})")
     tensors = dict(pair for key, value in weights.items() if (pair := model.hf_export(key, value)) is not None)
     tokenizer = run_tokenizer(run_config, obj, source)
+    generation = generation_config(model, tokenizer)
+    # the special ids in config.json too: without them transformers assumes its class defaults
+    # (Llama's bos 1 and eos 2), which may be any token of another vocabulary
+    special_ids = {key: generation.get(key) for key in ("bos_token_id", "eos_token_id", "pad_token_id")}
     return write_model_directory(
         target,
-        config=model.hf_config(),
+        config={**model.hf_config(), **special_ids},
         tensors=tensors,
-        generation_config=generation_config(model, tokenizer),
+        generation_config=generation,
         tokenizer_files=list(tokenizer.files) if tokenizer is not None else [],
         force=force,
     )
@@ -194,7 +198,6 @@ def write_hf(obj: Any, weights: dict, source: Path, target: Path, force: bool) -
 def run_tokenizer(run_config: dict, obj: dict, source: Path) -> Any | None:
     """The run's `hf` tokenizer (data.train's), checked against the one the checkpoint recorded; None for another kind."""
     from data.hf_tokenizer import HFTokenizer
-
     from trainer.errors import InputError
 
     train = (run_config.get("data") or {}).get("train") or {}

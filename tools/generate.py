@@ -4,7 +4,18 @@ Builds the config's model and its data.train dataset (whose cache holds the run'
 the same corpus and tokenizer spec give the same cache key), loads the weights strictly
 (a .pth's `params`, a .pt's `model`, or a bare state dict), then writes the prompt and the
 sampled continuation to stdout one token at a time. The same seed, weights and device give
-the same text. Exit 2 with one `error: ...` line on a bad input, among them a tokenizer that is
+the same text.
+
+Tokenizers. With `bytes` or `{type: bpe}` each token's bytes are decoded incrementally, so a
+character split across tokens prints once it is whole. With `{type: hf, path: DIR}` the prompt
+is encoded as transformers' `tokenizer(prompt)` encodes it, special tokens added (a BOS where the
+tokenizer's post-processor adds one: Llama 3, Llama 2; none for GPT-2 or Qwen); the stdout
+shows the prompt as given, then the continuation as the tokenizer's `decode` writes it (special
+tokens written out), printed as each piece of text completes; sampling stops at the tokenizer's
+EOS token, which is not printed. The model's `generate` gets `use_cache=True` when it takes it
+(a KV cache: the same tokens, faster).
+
+Exit 2 with one `error: ...` line on a bad input, among them a tokenizer that is
 not the one the weights were trained with (a corpus that changed since retrains a BPE): the
 identity a .pt or .dcp records, or for a .pth the one of the .pt or .dcp Kiln wrote beside it
 (trainer/guards/data_identity.py); weights from elsewhere are not checked.
@@ -14,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import inspect
 import sys
 from pathlib import Path
 from typing import Any
@@ -99,14 +111,24 @@ def load_model_and_tokenizer(config_path: str, weights: str, overrides: list[str
     return model.to(device).eval(), tokenizer, device
 
 
+def accepts(function: Any, name: str) -> bool:
+    """Whether `function` takes a parameter called `name` (a tokenizer's add_special_tokens, a model's use_cache)."""
+    try:
+        return name in inspect.signature(function).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
+
+
 def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
-    """The prompt's token ids; an empty or unencodable prompt is an InputError."""
+    """The prompt's token ids, with the special tokens the tokenizer adds to a text (an hf tokenizer's
+    BOS; Kiln's bytes and bpe add none); an empty or unencodable prompt is an InputError."""
     from trainer.errors import InputError
 
     if not prompt:
         raise InputError('--prompt is empty; give some text to continue (the default is a newline, --prompt "\\n")')
+    options = {"add_special_tokens": True} if accepts(tokenizer.encode, "add_special_tokens") else {}
     try:
-        ids = tokenizer.encode(prompt)
+        ids = tokenizer.encode(prompt, **options)
     except Exception as error:  # noqa: BLE001 - a lone surrogate from undecodable argv bytes, a Rust-side refusal
         raise InputError(f"--prompt cannot be encoded by the run's tokenizer ({error}); give UTF-8 text") from None
     if not ids:
@@ -115,30 +137,93 @@ def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
 
 
 def stream(args: argparse.Namespace) -> None:
-    """Write the prompt, then each sampled token's text as soon as it completes a character."""
+    """Write the prompt, then each sampled token's text as soon as it completes a character; stop at EOS."""
     import torch
 
     model, tokenizer, device = load_model_and_tokenizer(args.config, args.weights, args.overrides)
     ids = encode_prompt(tokenizer, args.prompt)
     idx = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    # A token may end inside a multi-byte character: decode incrementally and print what is complete.
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    sys.stdout.write(args.prompt)
-    sys.stdout.flush()
-    for next_id in model.generate(idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, generator=generator):
-        text = decoder.decode(token_bytes(tokenizer, int(next_id)))  # one host sync per token: it is the output
-        if text:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-    sys.stdout.write(decoder.decode(b"", final=True) + "\n")
-    sys.stdout.flush()
+    sampling = {"temperature": args.temperature, "top_k": args.top_k}
+    sampling["generator"] = torch.Generator(device=device).manual_seed(args.seed)
+    if accepts(model.generate, "use_cache"):  # a model without a KV cache recomputes the context each step
+        sampling["use_cache"] = True
+    eos = getattr(tokenizer, "eos_id", None)  # Kiln's bytes and bpe have none: sample max_new_tokens
+    text = text_stream(tokenizer, ids)
+    _write(args.prompt)
+    for next_id in model.generate(idx, args.max_new_tokens, **sampling):
+        token = int(next_id)  # one host sync per token: it is the output
+        if token == eos:
+            break
+        _write(text.add(token))
+    _write(text.finish() + "\n")
 
 
-def token_bytes(tokenizer: Any, token: int) -> bytes:
-    """The bytes of one token: Kiln's tokenizers map ids to bytes; another one's decode() is re-encoded."""
-    to_bytes = getattr(tokenizer, "to_bytes", None)
-    return to_bytes([token]) if to_bytes is not None else tokenizer.decode([token]).encode("utf-8")
+def _write(text: str) -> None:
+    """Write and flush (a reader sees each token as it comes)."""
+    if text:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
+def text_stream(tokenizer: Any, prompt_ids: list[int]) -> ByteStream | DecodeStream:
+    """How the sampled ids become text: bytes decoded incrementally where the tokenizer maps ids to
+    bytes (`to_bytes`: bytes, bpe), otherwise the tokenizer's decode over a window of recent ids (hf)."""
+    return ByteStream(tokenizer) if hasattr(tokenizer, "to_bytes") else DecodeStream(tokenizer, prompt_ids)
+
+
+class ByteStream:
+    """The text of a stream of token ids, each standing for bytes: a token may end inside a
+    multi-byte character, so the bytes are decoded incrementally and only whole characters come out."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.to_bytes = tokenizer.to_bytes
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def add(self, token: int) -> str:
+        """The text that `token` completes ("" while a character is still incomplete)."""
+        return self.decoder.decode(self.to_bytes([token]))
+
+    def finish(self) -> str:
+        """What is left at the end (a U+FFFD for an incomplete character)."""
+        return self.decoder.decode(b"", final=True)
+
+
+class DecodeStream:
+    """The text of a stream of token ids for a tokenizer that only decodes lists of ids (an hf one).
+
+    A token's text depends on its neighbours (a byte-level piece of a character, SentencePiece's
+    word-start space that decode drops at the start of a text), so each new token's text is what
+    decoding a window of recent ids gains by it: `decode(ids[prefix:])` minus `decode(ids[prefix:read])`,
+    held back while it ends in U+FFFD (a character not yet complete). The window then moves on, so
+    each step decodes a few tokens, not the whole text (text-generation-inference's scheme).
+    """
+
+    CONTEXT = 5  # prompt tokens decoded before the first sampled one: enough for a word-start space
+
+    def __init__(self, tokenizer: Any, prompt_ids: list[int]) -> None:
+        self.decode = tokenizer.decode
+        self.ids = list(prompt_ids)
+        self.prefix, self.read = max(len(self.ids) - self.CONTEXT, 0), len(self.ids)
+
+    def add(self, token: int) -> str:
+        """The text that `token` completes ("" while it ends inside a character)."""
+        self.ids.append(token)
+        new = self._gained()
+        if not new or new.endswith("\ufffd"):
+            return ""
+        self.prefix, self.read = self.read, len(self.ids)
+        return new
+
+    def finish(self) -> str:
+        """What is left at the end: the text of tokens held back (U+FFFD for an incomplete character)."""
+        new = self._gained()
+        self.prefix = self.read = len(self.ids)
+        return new
+
+    def _gained(self) -> str:
+        """The text the ids after `read` add to the window's decode."""
+        before, after = self.decode(self.ids[self.prefix : self.read]), self.decode(self.ids[self.prefix :])
+        return after[len(before) :] if len(after) > len(before) else ""
 
 
 def main(argv: list[str] | None = None) -> int:

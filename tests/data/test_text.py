@@ -217,7 +217,8 @@ def test_a_corpus_shorter_than_one_window_says_how_long_it_is_and_must_be(corpus
 def test_a_bad_tokenizer_spec_is_one_line(corpus: Path):
     assert build_error(root=str(corpus), tokenizer="words") == (
         "config key data.train: dataset TextTokens: tokenizer 'words' is not a tokenizer spec; "
-        "use tokenizer: bytes, or tokenizer: {type: bpe, vocab_size: N} with N >= 256"
+        "use tokenizer: bytes, tokenizer: {type: bpe, vocab_size: N} with N >= 256, or tokenizer: {type: hf, path: DIR} "
+        "(a folder with tokenizer.json)"
     )
     small = {"type": "bpe", "vocab_size": 100}
     assert "vocab_size 100 is not an integer >= 256" in build_error(root=str(corpus), tokenizer=small)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from models.gpt import GPT
 from tests.helpers import REPO, call, load_tool, write_config
@@ -94,3 +96,114 @@ def test_a_bad_weights_file_is_exit_2_with_one_line(lm_run: Path):
     assert result.stderr.splitlines() == [
         f"error: --weights {lm_run / 'bad.pth'} is corrupt, truncated or not a PyTorch file (unreadable pickle); use another file"
     ]
+
+
+# -- a Hugging Face tokenizer (tokenizer: {type: hf, path: DIR}) -------------------------------------
+
+HF_MODEL = {"vocab_size": 300, "block_size": 32, "n_layer": 1, "n_head": 2, "n_embd": 16}
+PROMPT = "def wrap("
+
+
+@pytest.fixture(scope="module")
+def hf_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Llama 3 style tokenizer (BOS added, EOS <|eot_id|>), a config whose data.train uses it, and
+    random GPT weights relabelled so that greedy sampling after PROMPT emits EOS at step `stop`.
+
+    Swapping two ids' rows of every vocabulary-sized parameter relabels the model: it computes the
+    same, with the two ids' meanings exchanged. Swapping EOS with the greedy token at a step where
+    neither occurred before makes the model emit EOS exactly there (run.json: the ids and the step).
+    """
+    pytest.importorskip("transformers")
+    from data.hf_tokenizer import HFTokenizer
+    from tests.hf_tokenizers import DEFAULT_TEXT, save_llama3_style
+
+    directory = tmp_path_factory.mktemp("generate_hf")
+    folder = save_llama3_style(directory / "tokenizer")
+    (directory / "corpus.txt").write_text(DEFAULT_TEXT[:4000])
+    text = {"type": "TextTokens", "root": str(directory / "corpus.txt"), "block_size": 16, "cache_dir": str(directory / "cache")}
+    text["tokenizer"] = {"type": "hf", "path": str(folder)}
+    write_config(
+        directory / "lm.yaml",
+        {
+            "name": "lm",
+            "device": "cpu",
+            "model": {"type": "GPT", **HF_MODEL},
+            "loss": {"type": "CrossEntropyLoss"},
+            "data": {"batch_size": 4, "train": text},
+            "optimizer": {"type": "AdamW", "lr": 1e-3},
+            "train": {"total_iters": 1},
+        },
+    )
+    tokenizer = HFTokenizer(folder)
+    prompt = tokenizer.encode(PROMPT, add_special_tokens=True)
+    torch.manual_seed(0)
+    model = GPT(**HF_MODEL).eval()
+    greedy = [int(t) for t in model.generate(torch.tensor([prompt]), 20, temperature=0)]
+    stop = next(k for k in range(3, 20) if greedy[k] not in prompt + greedy[:k])
+    assert tokenizer.eos_id not in prompt + greedy[:stop]  # else choose another seed
+    swap = [greedy[stop], tokenizer.eos_id]
+    with torch.no_grad():
+        for parameter in model.parameters():  # tied embedding and head: one tensor, swapped once
+            if parameter.shape[0] == HF_MODEL["vocab_size"]:
+                parameter[swap] = parameter[swap[::-1]].clone()
+    torch.save({"params": model.state_dict()}, directory / "lm.pth")
+    (directory / "run.json").write_text(json.dumps({"prompt": prompt, "greedy": greedy, "stop": stop}))
+    return directory
+
+
+def test_an_hf_tokenizer_streams_its_decoded_text_and_stops_at_eos(hf_run: Path):
+    from data.hf_tokenizer import HFTokenizer
+
+    run = json.loads((hf_run / "run.json").read_text())
+    tokenizer = HFTokenizer(hf_run / "tokenizer")
+    assert run["prompt"][0] == tokenizer.bos_id  # the prompt is encoded with its BOS, as transformers does
+    code, out, err = sample(hf_run, "--prompt", PROMPT, "--max-new-tokens", "20", "--temperature", "0")
+    ids = run["prompt"] + run["greedy"][: run["stop"]]
+    expected = tokenizer.decode(ids)[len(tokenizer.decode(run["prompt"])) :]  # the continuation, EOS not printed
+    assert code == 0 and err == "" and out == PROMPT + expected + "\n"
+    assert run["stop"] < 20 and "<|eot_id|>" not in out
+
+
+def test_the_hf_stream_prints_whole_characters_and_word_start_spaces(tmp_path: Path):
+    pytest.importorskip("transformers")
+    from data.hf_tokenizer import HFTokenizer
+    from tests.hf_tokenizers import save_byte_level_bpe, save_sentencepiece_style
+
+    text = " héllo wörld, 日本語 🎉 and more words\n  indented"
+    for save in (save_byte_level_bpe, save_sentencepiece_style):
+        tokenizer = HFTokenizer(save(tmp_path / save.__name__))
+        prompt, continuation = tokenizer.encode("say:", add_special_tokens=True), tokenizer.encode(text)
+        stream = generate_tool.text_stream(tokenizer, prompt)
+        pieces = [stream.add(token) for token in continuation] + [stream.finish()]
+        whole = tokenizer.decode(prompt + continuation)[len(tokenizer.decode(prompt)) :]
+        assert "".join(pieces) == whole and "\ufffd" not in "".join(pieces), save.__name__
+        assert sum(1 for piece in pieces if piece) > 5  # streamed, not held to the end
+
+
+def test_generate_passes_use_cache_to_a_model_that_takes_it(lm_run: Path, monkeypatch):
+    seen = []
+
+    def with_cache(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None, use_cache=False):
+        seen.append(use_cache)
+        yield from ()
+
+    def without(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
+        seen.append("none")
+        yield from ()
+
+    for method in (with_cache, without):
+        monkeypatch.setattr(GPT, "generate", method)
+        assert sample(lm_run, "--max-new-tokens", "3")[0] == 0
+    assert seen == [True, "none"]
+
+
+def test_a_bad_hf_tokenizer_folder_is_one_error_line(hf_run: Path, tmp_path: Path):
+    config = yaml.safe_load((hf_run / "lm.yaml").read_text())
+    config["data"]["train"]["tokenizer"]["path"] = str(tmp_path)  # a folder without tokenizer.json
+    write_config(tmp_path / "bad.yaml", config)
+    code, out, err = call(generate_tool, "-c", str(tmp_path / "bad.yaml"), "--weights", str(hf_run / "lm.pth"))
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith(
+        f"error: config key data.train: dataset TextTokens: tokenizer path {str(tmp_path)!r} is a tokenizer directory "
+        "without tokenizer.json; "
+    )

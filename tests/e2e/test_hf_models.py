@@ -14,34 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import REPO, load_params, run_train, tiny_config, train_in_process, write_config
-from tests.hf_models import LLAMA3_ROPE, save_tiny
+from tests.helpers import REPO, load_params, run_train, tiny_config, train_in_dir, train_in_process, write_config
+from tests.hf_models import FIXED_BATCH, LLAMA3_ROPE, save_tiny
 
 transformers = pytest.importorskip("transformers")
 
 EXPORT_PY = REPO / "tools" / "export.py"
 STEPS, LR, SEQ = 3, 0.5, 12
-
-# A dataset plugin (imported through the config's `imports`): the same two rows of token ids at
-# every step, so that the reference loop below takes exactly the trainer's batches.
-FIXED_BATCH = '''
-import torch
-from torch.utils.data import Dataset
-
-
-class FixedTokens(Dataset):
-    def __init__(self, vocab_size, length, seed=0):
-        generator = torch.Generator().manual_seed(seed)
-        self.tokens = torch.randint(vocab_size, (2, length + 1), generator=generator)
-        self.vocab_size = vocab_size
-
-    def __len__(self):
-        return 2
-
-    def __getitem__(self, index):
-        row = self.tokens[index]
-        return row[:-1], row[1:]
-'''
 
 CASES = {
     "llama-tied": ("llama", {"tie_word_embeddings": True}),
@@ -190,7 +169,7 @@ def test_export_refuses_an_existing_target_a_vision_model_and_a_weights_only_fil
     vision = workdir / "vision"
     vision.mkdir()
     document = tiny_config(train={"total_iters": 2, "val_interval": 2}, checkpoint={"interval": 2})
-    assert train_in_process(vision, document) == 0
+    assert train_in_dir(vision, document) == 0
     refused = export(vision / "weights" / "tiny_iter_2.pt", "--format", "hf", "-o", str(workdir / "cnn"))
     assert refused.returncode == 2
     assert refused.stderr.strip() == (
@@ -205,7 +184,11 @@ def test_a_published_llama_resumes_bitwise(workdir):
     save_tiny("llama", hf_dir)
     (workdir / "fixed_batch.py").write_text(FIXED_BATCH)
     document = finetune_config(
-        hf_dir, 96, optimizer={"type": "AdamW", "lr": 1e-3}, train={"total_iters": 6, "val_interval": 3}, checkpoint={"interval": 3}
+        hf_dir,
+        96,
+        optimizer={"type": "AdamW", "lr": 1e-3},
+        train={"total_iters": 6, "val_interval": 3},
+        checkpoint={"interval": 3},
     )
     assert train_in_process(workdir, document) == 0
     reference = load_params(workdir / "weights" / "ft_iter_6.pth")

@@ -159,3 +159,220 @@ def test_generate_is_deterministic_for_a_seeded_generator():
 
     assert sample(3) == sample(3)
     assert sample(3) != sample(4)
+
+
+# --- activation, layer_norm_epsilon, n_inner ---
+
+
+def test_default_activation_is_the_exact_gelu_and_keeps_the_state_dict_keys():
+    default, explicit = tiny_gpt(0).eval(), tiny_gpt(0, activation="gelu").eval()
+    idx = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(2))
+    assert torch.equal(default(idx), explicit(idx))
+    assert default.transformer.h[0].mlp.gelu.approximate == "none"
+    per_layer = ["ln_1.weight", "attn.c_attn.weight", "attn.c_proj.weight", "ln_2.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"]
+    expected = ["transformer.wte.weight", "transformer.wpe.weight"]
+    expected += [f"transformer.h.{layer}.{name}" for layer in range(2) for name in per_layer]
+    assert list(default.state_dict()) == [*expected, "transformer.ln_f.weight", "lm_head.weight"]
+
+
+def test_gelu_tanh_is_the_tanh_approximation():
+    exact, tanh = tiny_gpt(0).eval(), tiny_gpt(0, activation="gelu_tanh").eval()
+    x = torch.linspace(-4, 4, 101)
+    expected = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))  # GPT-2's gelu_new
+    torch.testing.assert_close(tanh.transformer.h[0].mlp.gelu(x), expected)
+    idx = torch.randint(0, 64, (1, 8))
+    assert not torch.allclose(exact(idx), tanh(idx))
+
+
+def test_an_unknown_activation_is_a_value_error_listing_both():
+    with pytest.raises(ValueError, match=r"activation must be 'gelu' \(exact\) or 'gelu_tanh'.*got 'relu'"):
+        tiny_gpt(activation="relu")
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"n_inner": 0}, "n_inner must be a positive integer"),
+        ({"layer_norm_epsilon": 0.0}, "layer_norm_epsilon must be a positive"),
+    ],
+)
+def test_bad_mlp_width_or_epsilon_is_a_value_error(changes, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_gpt(**changes)
+
+
+def test_n_inner_sets_the_mlp_width_and_the_default_width_is_recorded_as_none():
+    model = tiny_gpt(n_inner=48)
+    assert model.transformer.h[1].mlp.c_fc.weight.shape == (48, 32)
+    assert model.transformer.h[1].mlp.c_proj.weight.shape == (32, 48)
+    assert model.arguments["n_inner"] == 48
+    assert tiny_gpt(n_inner=128).arguments["n_inner"] is None  # 4 * n_embd: the same model as the default
+    assert tiny_gpt().transformer.h[0].mlp.c_fc.weight.shape == (128, 32)
+
+
+def test_layer_norm_epsilon_reaches_every_layer_norm():
+    model = tiny_gpt(layer_norm_epsilon=1e-3)
+    norms = [module for module in model.modules() if isinstance(module, torch.nn.LayerNorm)]
+    assert len(norms) == 5 and all(norm.eps == 1e-3 for norm in norms)
+
+
+def test_arguments_record_the_constructor_arguments():
+    assert tiny_gpt(bias=True, activation="gelu_tanh").arguments == {
+        **TINY,
+        "dropout": 0.0,
+        "bias": True,
+        "activation": "gelu_tanh",
+        "layer_norm_epsilon": 1e-5,
+        "n_inner": None,
+    }
+
+
+# --- the KV cache ---
+
+
+def test_feeding_the_sequence_in_pieces_through_a_cache_gives_the_full_forwards_logits():
+    from models.gpt import KVCache
+
+    model = tiny_gpt(bias=True).eval()
+    idx = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(3))
+    full = model(idx)
+    cache = KVCache(model.n_layer, model.block_size)
+    pieces = [model(idx[:, start:end], cache) for start, end in ((0, 5), (5, 8), (8, 9), (9, 16))]  # prompt, several, one
+    assert cache.length == 16
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full)
+
+
+def test_a_cache_cannot_take_positions_past_block_size():
+    from models.gpt import KVCache
+
+    model = tiny_gpt().eval()
+    cache = KVCache(model.n_layer, model.block_size)
+    model(torch.zeros(1, 12, dtype=torch.long), cache)
+    with pytest.raises(ValueError, match="5 tokens after the 12 its KV cache holds, more than its block_size 16"):
+        model(torch.zeros(1, 5, dtype=torch.long), cache)
+
+
+@pytest.mark.parametrize(
+    "prompt, new, use_cache, fed",
+    [
+        (4, 6, True, [4, 1, 1, 1, 1, 1]),  # the prompt once, then one position per token
+        (14, 5, True, [14, 1, 1, 16, 16]),  # past block_size: the cropped context again, every token
+        (14, 5, False, [14, 15, 16, 16, 16]),  # the reference: the whole (cropped) context every token
+        (20, 2, True, [16, 16]),  # a prompt longer than block_size never uses the cache
+    ],
+)
+def test_generate_feeds_each_position_once_while_the_sequence_fits(prompt, new, use_cache, fed):
+    model = tiny_gpt().eval()
+    lengths: list[int] = []
+    model.transformer.wte.register_forward_hook(lambda module, args, output: lengths.append(args[0].size(1)))
+    reference = list(tiny_gpt().eval().generate(torch.ones(2, prompt, dtype=torch.long), new, temperature=0, use_cache=False))
+    tokens = list(model.generate(torch.ones(2, prompt, dtype=torch.long), new, temperature=0, use_cache=use_cache))
+    assert lengths == fed
+    assert torch.equal(torch.cat(tokens, dim=1), torch.cat(reference, dim=1))
+
+
+def test_generate_checks_its_sampling_arguments():
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        next(tiny_gpt().generate(torch.zeros(1, 1, dtype=torch.long), 1, temperature=-1))
+    with pytest.raises(ValueError, match="top_k must be a positive integer"):
+        next(tiny_gpt().generate(torch.zeros(1, 1, dtype=torch.long), 1, top_k=0))
+
+
+# --- the Hugging Face layout (GPT-2); parity with transformers is tests/models/test_gpt2_parity.py ---
+
+GPT2_CONFIG = {
+    "model_type": "gpt2",
+    "vocab_size": 64,
+    "n_positions": 16,
+    "n_layer": 2,
+    "n_head": 2,
+    "n_embd": 32,
+    "n_inner": None,
+    "activation_function": "gelu_new",
+    "layer_norm_epsilon": 1e-5,
+    "resid_pdrop": 0.1,
+}
+
+
+def test_hf_arguments_map_a_gpt2_config_and_fill_gpt2config_defaults():
+    expected = {**TINY, "dropout": 0.1, "bias": True, "activation": "gelu_tanh", "layer_norm_epsilon": 1e-5, "n_inner": None}
+    assert GPT.hf_arguments(GPT2_CONFIG, "test") == expected
+    sizes_only = {key: GPT2_CONFIG[key] for key in ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd")}
+    assert GPT.hf_arguments(sizes_only, "test") == expected
+    assert GPT.hf_arguments({**GPT2_CONFIG, "n_inner": 128}, "test")["n_inner"] is None  # 4 * n_embd
+    assert GPT.hf_arguments({**GPT2_CONFIG, "activation_function": "gelu"}, "test")["activation"] == "gelu"
+    assert GPT.hf_arguments({**GPT2_CONFIG, "activation_function": "gelu_pytorch_tanh"}, "test")["activation"] == "gelu_tanh"
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("activation_function", "relu"),
+        ("scale_attn_by_inverse_layer_idx", True),
+        ("reorder_and_upcast_attn", True),
+        ("scale_attn_weights", False),
+        ("add_cross_attention", True),
+        ("tie_word_embeddings", False),
+        ("n_embd", "32"),
+        ("n_inner", 1.5),
+    ],
+)
+def test_hf_arguments_refuse_what_gpt_does_not_implement_naming_the_key(key, value):
+    with pytest.raises(InputError, match=rf"^model.path d: config.json {key} is "):
+        GPT.hf_arguments({**GPT2_CONFIG, key: value}, "model.path d")
+
+
+def test_hf_arguments_refuse_another_model_type():
+    with pytest.raises(InputError, match="model_type is 'llama'; GPT implements gpt2"):
+        GPT.hf_arguments({**GPT2_CONFIG, "model_type": "llama"}, "test")
+
+
+def test_hf_config_describes_the_model_and_maps_back_to_its_arguments():
+    model = tiny_gpt(bias=True, activation="gelu_tanh", n_inner=48, layer_norm_epsilon=1e-6, dropout=0.1)
+    config = model.hf_config()
+    assert config["architectures"] == ["GPT2LMHeadModel"] and config["model_type"] == "gpt2"
+    assert config["activation_function"] == "gelu_new" and config["tie_word_embeddings"] is True
+    assert (config["n_positions"], config["n_inner"], config["layer_norm_epsilon"]) == (16, 48, 1e-6)
+    assert GPT.hf_arguments(config, "test") == model.arguments
+    assert model.hf_mismatches(config, "test") == []
+    assert tiny_gpt(bias=True).hf_config()["activation_function"] == "gelu"
+
+
+def test_hf_config_refuses_a_model_without_biases():
+    with pytest.raises(InputError, match="bias: false has no GPT-2 equivalent.*needs a model trained with bias: true"):
+        tiny_gpt().hf_config()
+
+
+def test_hf_config_works_on_the_meta_device():
+    with torch.device("meta"):
+        model = GPT(**TINY, bias=True)
+    assert model.hf_config()["n_embd"] == 32
+
+
+def test_hf_mismatches_name_what_a_default_gpt_lacks_of_gpt2():
+    assert tiny_gpt().hf_mismatches(GPT2_CONFIG, "test") == [
+        "activation: file 'gelu_tanh', model 'gelu'",
+        "bias: file True, model False",
+    ]
+
+
+def test_hf_import_transposes_conv1d_weights_and_drops_only_the_mask_buffers():
+    model = tiny_gpt(bias=True)
+    weight = torch.arange(32 * 96.0).view(32, 96)  # Conv1D: (in, out)
+    name, imported = model.hf_import("transformer.h.1.attn.c_attn.weight", weight)
+    assert name == "transformer.h.1.attn.c_attn.weight" and torch.equal(imported, weight.t()) and imported.is_contiguous()
+    bias = torch.zeros(96)
+    assert model.hf_import("transformer.h.1.attn.c_attn.bias", bias) == ("transformer.h.1.attn.c_attn.bias", bias)
+    assert model.hf_import("transformer.h.1.attn.bias", torch.ones(1, 1, 16, 16)) is None
+    assert model.hf_import("h.0.attn.masked_bias", torch.tensor(-1e4)) is None
+    assert model.hf_import("wte.weight", weight)[0] == "transformer.wte.weight"  # a bare GPT2Model's file
+    assert model.hf_import("transformer.wte.weight", weight)[1] is weight  # embeddings are (rows, C) in both
+
+
+def test_hf_export_transposes_back_and_leaves_out_the_tied_head():
+    model = tiny_gpt(bias=True)
+    state = model.state_dict()
+    assert model.hf_export("lm_head.weight", state["lm_head.weight"]) is None
+    name, exported = model.hf_export("transformer.h.0.mlp.c_fc.weight", state["transformer.h.0.mlp.c_fc.weight"])
+    assert exported.shape == (32, 128) and exported.is_contiguous()
+    assert torch.equal(model.hf_import(name, exported)[1], state["transformer.h.0.mlp.c_fc.weight"])

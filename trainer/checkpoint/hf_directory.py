@@ -108,16 +108,15 @@ def _check_tensor(key: str, name: str, tensor: torch.Tensor, own: dict[str, torc
         )
 
 
-def _check_tie(
-    key: str, tensor: torch.Tensor, aliases: dict[str, set[str]], seen: dict[str, torch.Tensor], source: str
-) -> None:
+def _check_tie(key: str, tensor: torch.Tensor, aliases: dict[str, set[str]], seen: dict[str, torch.Tensor], source: str) -> None:
     """Two names of one tied Parameter must hold the same values in the file."""
     if key not in aliases:
         return
     for alias in aliases[key] & seen.keys():
         if not torch.equal(seen[alias], tensor):
+            first, second = sorted((key, alias))
             raise InputError(
-                f"{source}: {key} and {alias} differ in the file, but config.json ties them (tie_word_embeddings); "
+                f"{source}: {first} and {second} differ in the file, but config.json ties them (tie_word_embeddings); "
                 "set tie_word_embeddings: false in a copy of the directory to train an untied head, or use matching weights"
             )
     seen[key] = tensor

@@ -43,7 +43,6 @@ def write_model_directory(
     generation_config: dict[str, Any] | None,
     tokenizer_files: list[Path],
     force: bool,
-    max_shard_bytes: int = MAX_SHARD_BYTES,
 ) -> list[str]:
     """Write the directory atomically (see the module docstring); return the file names written."""
     check_target(target, force)
@@ -54,7 +53,7 @@ def write_model_directory(
         tensors = {key: value.detach().contiguous() for key, value in sorted(tensors.items())}
         dtypes = {str(value.dtype).removeprefix("torch.") for value in tensors.values() if value.is_floating_point()}
         _write_json(staging / CONFIG_NAME, {**config, "dtype": dtypes.pop() if len(dtypes) == 1 else "float32"})
-        _write_weights(staging, tensors, max_shard_bytes)
+        _write_weights(staging, tensors, MAX_SHARD_BYTES)
         if generation_config is not None:
             _write_json(staging / GENERATION_CONFIG_NAME, generation_config)
         for file in tokenizer_files:

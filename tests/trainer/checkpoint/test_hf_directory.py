@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.helpers import error_of, run_train, tiny_config, write_config
-from tests.hf_models import save_tiny
+from tests.hf_models import FIXED_BATCH, save_tiny
 from trainer.checkpoint.hf_directory import load_model_directory
 from trainer.distributed.strategy import SingleDevice
 
@@ -179,18 +179,28 @@ def test_train_py_with_a_bad_directory_is_exit_2_and_writes_nothing(tmp_path):
     save_tiny("llama", tmp_path / "published")
     shard = tmp_path / "published" / "model.safetensors"
     rewrite_tensor(shard, "model.layers.0.self_attn.q_proj.weight", torch.zeros(32, 31))
+    (tmp_path / "fixed_batch.py").write_text(FIXED_BATCH)
+    fixed = {"type": "fixed_batch.FixedTokens", "vocab_size": 96, "length": 8}
     document = tiny_config(
+        imports=["fixed_batch"],
         model={"type": "hf", "path": str(tmp_path / "published")},
         pretrain_path=str(tmp_path / "published"),
         loss={"type": "TokenCrossEntropy"},
+        metrics=["nll"],
+        data={"batch_size": 2, "train": fixed, "val": fixed},
+        val={"metric": "nll", "mode": "min"},
     )
     write_config(tmp_path / "run.yaml", document)
     before = sorted(p.name for p in tmp_path.iterdir())
     result = run_train(tmp_path, "-c", "run.yaml")
     assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        f"error: pretrain_path {tmp_path / 'published'}: tensor model.layers.0.self_attn.q_proj.weight in model.safetensors "
-        "has shape (32, 31)"
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"error: pretrain_path {tmp_path / 'published'}: tensor model.layers.0.self_attn.q_proj.weight in model.safetensors "
+            "has shape (32, 31)"
+        )
     )
     assert "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before
