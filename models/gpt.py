@@ -171,6 +171,7 @@ class GPT(HFCompatible, nn.Module):
     """
 
     hf_model_types = ("gpt2",)
+    hf_architectures = {"gpt2": "GPT2LMHeadModel"}
 
     def __init__(
         self,
@@ -367,7 +368,7 @@ class GPT(HFCompatible, nn.Module):
             )
         dropout = arguments["dropout"]
         return {
-            "architectures": ["GPT2LMHeadModel"],
+            "architectures": [self.hf_architectures["gpt2"]],
             "model_type": "gpt2",
             "vocab_size": arguments["vocab_size"],
             "n_positions": arguments["block_size"],

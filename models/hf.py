@@ -29,17 +29,7 @@ def architectures() -> dict[str, type[HFCompatible]]:
 
 def supported_names() -> dict[str, str]:
     """model_type -> the transformers class name (`architectures` entry) of the same model."""
-    return {model_type: HF_CLASS_NAMES[model_type] for model_type in architectures()}
-
-
-# The `architectures` entry save_pretrained writes for each model_type's causal LM.
-HF_CLASS_NAMES = {
-    "llama": "LlamaForCausalLM",
-    "mistral": "MistralForCausalLM",
-    "qwen2": "Qwen2ForCausalLM",
-    "qwen3": "Qwen3ForCausalLM",
-    "gpt2": "GPT2LMHeadModel",
-}
+    return {model_type: cls.hf_architectures[model_type] for model_type, cls in architectures().items()}
 
 
 def architecture_of(config: dict[str, Any], source: str) -> type[HFCompatible]:
@@ -49,8 +39,8 @@ def architecture_of(config: dict[str, Any], source: str) -> type[HFCompatible]:
     listing = ", ".join(f"{name} ({cls})" for name, cls in supported_names().items())
     if model_type not in known:
         raise InputError(f"{source}: model_type {model_type!r} is not supported; Kiln implements {listing}")
-    classes = config.get("architectures") or [HF_CLASS_NAMES[model_type]]
-    other = [name for name in classes if name != HF_CLASS_NAMES[model_type]]
+    expected = known[model_type].hf_architectures[model_type]
+    other = [name for name in config.get("architectures") or [expected] if name != expected]
     if other:
         raise InputError(
             f"{source}: architectures {other} is not a causal language model Kiln implements; Kiln implements {listing}"

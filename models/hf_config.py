@@ -85,6 +85,7 @@ class HFCompatible:
     """
 
     hf_model_types: ClassVar[tuple[str, ...]] = ()
+    hf_architectures: ClassVar[dict[str, str]] = {}  # model_type -> transformers' causal-LM class name
     arguments: dict[str, Any]  # the constructor's arguments, set by the subclass's __init__
 
     @classmethod

@@ -293,6 +293,7 @@ class Llama(HFCompatible, nn.Module):
     """
 
     hf_model_types = tuple(ARCHITECTURES)
+    hf_architectures = ARCHITECTURES
 
     def __init__(
         self,

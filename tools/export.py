@@ -190,7 +190,7 @@ def write_hf(obj: Any, weights: dict, source: Path, target: Path, force: bool) -
         config={**model.hf_config(), **special_ids},
         tensors=tensors,
         generation_config=generation,
-        tokenizer_files=list(tokenizer.files) if tokenizer is not None else [],
+        tokenizer_files=[Path(tokenizer.path) / name for name in tokenizer.files] if tokenizer is not None else [],
         force=force,
     )
 

@@ -2,7 +2,8 @@
 
 Builds the config's model and its data.train dataset (whose cache holds the run's tokenizer:
 the same corpus and tokenizer spec give the same cache key), loads the weights strictly
-(a .pth's `params`, a .pt's `model`, or a bare state dict), then writes the prompt and the
+(a .pth's `params`, a .pt's `model`, a bare state dict, or a Hugging Face model directory as
+pretrain_path reads it), then writes the prompt and the
 sampled continuation to stdout one token at a time. The same seed, weights and device give
 the same text.
 
@@ -80,12 +81,9 @@ def _positive(text: str) -> int:
 def load_model_and_tokenizer(config_path: str, weights: str, overrides: list[str]) -> tuple[Any, Any, Any]:
     """(model in eval mode on its device, the run's tokenizer, device) for `weights` and the config."""
     from trainer.build import import_plugins
-    from trainer.checkpoint import load_model_state
-    from trainer.checkpoint.readers import extract_weights, read_whole, revise_keys
     from trainer.config import load_config
     from trainer.distributed.device import resolve_device
     from trainer.errors import InputError
-    from trainer.guards.data_identity import check_tokenizer, recorded_data
     from trainer.registry import DATASETS, MODELS, build
 
     config = load_config(config_path, overrides)
@@ -93,13 +91,31 @@ def load_model_and_tokenizer(config_path: str, weights: str, overrides: list[str
     device = resolve_device(config.device)
     model = build(MODELS, config.model, key="model")
     if not hasattr(model, "generate"):
-        raise InputError(f"config key model: {config.model.type} has no generate method; sampling needs a language model (GPT)")
+        raise InputError(
+            f"config key model: {config.model.type} has no generate method; sampling needs a language model (GPT, Llama or hf)"
+        )
     dataset = build(DATASETS, config.data.train, key="data.train")
     tokenizer = getattr(dataset, "tokenizer", None)
     if tokenizer is None:
         raise InputError(f"config key data.train: {config.data.train.type} has no tokenizer; sampling needs a text dataset")
     if hasattr(model, "check_data"):
         model.check_data(dataset, key="data.train")
+    load_weights(model, weights, dataset)
+    return model.to(device).eval(), tokenizer, device
+
+
+def load_weights(model: Any, weights: str, dataset: Any) -> None:
+    """Load `weights` strictly: a Hugging Face model directory as pretrain_path loads it (renamed
+    and transposed as its architecture needs), anything else as a Kiln .pth/.pt/state dict whose
+    recorded tokenizer must be data.train's."""
+    from trainer.checkpoint import load_model_state
+    from trainer.checkpoint.hf_directory import is_model_directory, load_model_directory
+    from trainer.checkpoint.readers import extract_weights, read_whole, revise_keys
+    from trainer.guards.data_identity import check_tokenizer, recorded_data
+
+    if is_model_directory(weights):  # a published model records no tokenizer identity: not checked
+        load_model_directory(model, weights)
+        return
     whole = read_whole(weights, "--weights")
     state = revise_keys(extract_weights(whole, "auto", weights, "--weights"), [])  # a .pth's params, a .pt's model, ...
     saved_data, note = recorded_data(whole, weights)
@@ -108,7 +124,6 @@ def load_model_and_tokenizer(config_path: str, weights: str, overrides: list[str
     check_tokenizer(saved_data, dataset, weights)  # another tokenizer: the ids would stand for other text
     fix = "pass the config the weights were trained with"
     load_model_state(model, state, strict=True, source=f"--weights {weights}", fix=fix)
-    return model.to(device).eval(), tokenizer, device
 
 
 def accepts(function: Any, name: str) -> bool:

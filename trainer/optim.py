@@ -23,6 +23,9 @@ IMPLEMENTATION_KEYS = ("fused", "foreach")
 _NOT_DEFAULTED_WITH = ("fused", "foreach", "differentiable")
 # torch.optim classes whose fused kernels run on CPU and CUDA in every torch Kiln supports.
 FUSED_BY_DEFAULT = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
+# Those whose fused kernels also take FSDP's sharded (DTensor) parameters: torch registers no
+# sharding rule for fused SGD (`aten._fused_sgd_` fails at the first step), so SGD keeps its loop.
+FUSED_FOR_SHARDED = (torch.optim.Adam, torch.optim.AdamW)
 
 
 def build_optimizer(spec: Component, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
@@ -94,7 +97,15 @@ def _can_default_to_fused(spec: Component, parameters: Iterable[torch.Tensor], d
         target = OPTIMIZERS.get(spec.type)
     except InputError:  # an unknown type: build() reports it with the config key
         return False
-    return target in FUSED_BY_DEFAULT and all(p.is_floating_point() for p in parameters)
+    candidates = FUSED_FOR_SHARDED if any(_is_sharded(p) for p in parameters) else FUSED_BY_DEFAULT
+    return target in candidates and all(p.is_floating_point() for p in parameters)
+
+
+def _is_sharded(parameter: torch.Tensor) -> bool:
+    """Whether `parameter` is a DTensor (FSDP2 shards parameters into them)."""
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(parameter, DTensor)
 
 
 # -- parameter groups -----------------------------------------------------------------------

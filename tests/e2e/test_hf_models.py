@@ -202,3 +202,111 @@ def test_a_published_llama_resumes_bitwise(workdir):
     resumed_weights = load_params(resumed / "weights" / "ft_iter_6.pth")
     assert sorted(resumed_weights) == sorted(reference)
     assert all(torch.equal(resumed_weights[key], reference[key]) for key in reference)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen3", "gpt2"])
+def test_greedy_generate_tool_continues_a_prompt_as_transformers_generate(workdir, model_type):
+    from tests.helpers import call, load_tool
+    from tests.hf_tokenizers import save_llama3_style
+
+    tokenizer_dir = save_llama3_style(workdir / "tokenizer")
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    overrides = {"vocab_size": len(hf_tokenizer), **({"head_dim": 8} if model_type == "qwen3" else {})}
+    reference = save_tiny(model_type, workdir / "model", **overrides)
+    corpus = workdir / "corpus.txt"
+    corpus.write_text(json.__doc__ * 4)
+    text = {"type": "TextTokens", "root": str(corpus), "block_size": 16, "cache_dir": str(workdir / "cache")}
+    text["tokenizer"] = {"type": "hf", "path": str(tokenizer_dir)}
+    document = tiny_config(
+        model={"type": "hf", "path": str(workdir / "model")},
+        loss={"type": "TokenCrossEntropy"},
+        data={"batch_size": 2, "train": {**text, "split": "train"}, "val": {**text, "split": "val"}},
+    )
+    write_config(workdir / "gen.yaml", document)
+    prompt, new = "def main(", 12
+    code, out, err = call(
+        load_tool("generate"), "-c", str(workdir / "gen.yaml"), "--weights", str(workdir / "model"),
+        "--prompt", prompt, "--temperature", "0", "--max-new-tokens", str(new), "device=cpu",
+    )  # fmt: skip
+    assert code == 0, err
+    ids = hf_tokenizer(prompt)["input_ids"]
+    eos = hf_tokenizer.eos_token_id
+    with torch.no_grad():
+        output = reference.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=new, eos_token_id=eos, pad_token_id=eos)
+    continuation = output[0, len(ids) :].tolist()
+    if eos in continuation:
+        continuation = continuation[: continuation.index(eos)]
+    assert len(continuation) > 3  # something to compare
+    assert out == prompt + hf_tokenizer.decode(continuation) + "\n"
+
+
+def test_the_export_of_a_run_with_an_hf_tokenizer_carries_the_tokenizer_and_its_special_ids(workdir):
+    from tests.hf_tokenizers import save_llama3_style
+
+    tokenizer_dir = save_llama3_style(workdir / "tokenizer")
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = json.loads(json.dumps({**json.loads((REPO / "configs/hf/llama_tiny/config.json").read_text())}))
+    config.update(vocab_size=len(hf_tokenizer), hidden_size=32, intermediate_size=48, num_hidden_layers=1, head_dim=8)
+    (workdir / "arch").mkdir()
+    (workdir / "arch" / "config.json").write_text(json.dumps(config))  # an architecture only: trained from scratch
+    corpus = workdir / "corpus.txt"
+    corpus.write_text(json.__doc__ * 4)
+    text = {"type": "TextTokens", "root": str(corpus), "block_size": 16, "cache_dir": str(workdir / "cache")}
+    text["tokenizer"] = {"type": "hf", "path": str(tokenizer_dir)}
+    document = tiny_config(
+        name="lm",
+        model={"type": "hf", "path": str(workdir / "arch")},
+        loss={"type": "TokenCrossEntropy"},
+        metrics=["bpb"],
+        data={"batch_size": 4, "train": {**text, "split": "train"}, "val": {**text, "split": "val"}},
+        train={"total_iters": 2, "val_interval": 2},
+        val={"metric": "bpb", "mode": "min"},
+        checkpoint={"interval": 2},
+    )
+    assert train_in_process(workdir, document) == 0
+    result = export(workdir / "weights" / "lm_best.pt", "--format", "hf")
+    assert result.returncode == 0, result.stderr
+    exported = workdir / "weights" / "lm_best_hf"
+    assert sorted(p.name for p in exported.iterdir()) == [
+        "chat_template.jinja", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+        "tokenizer_config.json",
+    ]  # fmt: skip
+    loaded_tokenizer = transformers.AutoTokenizer.from_pretrained(exported)
+    sample = "def f(x):\n    return x  # é"
+    assert loaded_tokenizer(sample)["input_ids"] == hf_tokenizer(sample)["input_ids"]
+    written = json.loads((exported / "config.json").read_text())
+    assert written["eos_token_id"] == hf_tokenizer.eos_token_id and written["bos_token_id"] == hf_tokenizer.bos_token_id
+    generation = json.loads((exported / "generation_config.json").read_text())
+    assert generation == {"bos_token_id": hf_tokenizer.bos_token_id, "eos_token_id": hf_tokenizer.eos_token_id,
+                          "pad_token_id": hf_tokenizer.pad_token_id}  # fmt: skip
+    model = transformers.AutoModelForCausalLM.from_pretrained(exported).float().eval()
+    kiln = load_params(workdir / "weights" / "lm_best.pth")
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, kiln[key]), key
+
+
+@pytest.mark.slow
+def test_a_published_llama_under_fsdp_trains_as_one_process_and_resumes_bitwise(workdir):
+    from tests.helpers import assert_bitwise_equal, torchrun
+
+    hf_dir = workdir / "published"
+    save_tiny("llama", hf_dir, tie_word_embeddings=True)
+    (workdir / "fixed_batch.py").write_text(FIXED_BATCH)
+    document = finetune_config(hf_dir, 96, train={"total_iters": 6, "val_interval": 3}, checkpoint={"interval": 3})
+    config = write_config(workdir / "ft.yaml", document)
+    single = run_train(workdir, "-c", str(config), "name=single")
+    assert single.returncode == 0, single.stderr[-3000:]
+    sharded = torchrun(workdir, "-c", str(config), "train.strategy=fsdp")
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    reference = load_params(workdir / "weights" / "ft_iter_6.pth")
+    one_process = load_params(workdir / "weights" / "single_iter_6.pth")
+    assert sorted(reference) == sorted(one_process)
+    for key, value in one_process.items():
+        torch.testing.assert_close(reference[key], value, rtol=0, atol=1e-5)
+    resumed = workdir / "resumed"
+    (resumed / "weights").mkdir(parents=True)
+    shutil.copy(workdir / "weights" / "ft_iter_3.pt", resumed / "weights")
+    shutil.copy(workdir / "fixed_batch.py", resumed)
+    result = torchrun(resumed, "-c", str(config), "train.strategy=fsdp", "resume_path=weights/ft_iter_3.pt")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_bitwise_equal(load_params(resumed / "weights" / "ft_iter_6.pth"), reference)

@@ -151,6 +151,13 @@ class FSDP(SingleDevice):
         from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
         _reshard(model)
+        if not any(isinstance(value, torch.Tensor) for entry in state["state"].values() for value in entry.values()):
+            # No tensor to shard (SGD without momentum keeps `momentum_buffer: None`), which
+            # set_optimizer_state_dict cannot place ("Expected device to be set"): the groups'
+            # hyperparameters are all there is to restore.
+            for group, saved in zip(optimizer.param_groups, state["param_groups"], strict=True):
+                group.update({key: value for key, value in saved.items() if key != "params"})
+            return
         set_optimizer_state_dict(model, optimizer, state, options=_full_options())
 
     def parameter_names(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> list[list[str]]:
