@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def outside_any_slurm_job():
+    """The suite's own runs never see the SLURM job the suite may run in: with SLURM_JOB_ID set,
+    a test's SIGTERM would make Kiln requeue that job (tests/slurm start their own jobs)."""
+    saved = {key: os.environ.pop(key) for key in list(os.environ) if key.startswith("SLURM_")}
+    yield
+    os.environ.update(saved)
 
 
 @pytest.fixture

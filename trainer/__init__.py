@@ -24,14 +24,19 @@ def run(config) -> int:
     """Train the experiment `config` describes; return the process exit code (0, 128+signal, or
     the code of a validation callback that ended the run).
 
-    The callbacks are composed here, outside the Trainer: today a sweep trial's reporter when the
-    environment tools/sweep.py gives its trials asks for one (trainer/sweep/trial_hook.py).
+    The callbacks are composed here, outside the Trainer: a sweep trial's reporter when the
+    environment tools/sweep.py gives its trials asks for one (trainer/sweep/trial_hook.py), and
+    inside a SLURM job with slurm.requeue on, the requeue after a stop by SIGTERM or SIGUSR1
+    (trainer/guards/requeue.py).
     """
     # Imported here so that `import trainer` (and train.py --help) stays light.
-    from trainer.sweep.trial_hook import from_environment
+    from trainer.guards import requeue
+    from trainer.sweep import trial_hook
     from trainer.trainer import Trainer
 
-    trainer = Trainer(config, validation_callbacks=from_environment(config))
+    trainer = Trainer(
+        config, validation_callbacks=trial_hook.from_environment(config), stop_callbacks=requeue.from_environment(config)
+    )
     try:
         return trainer.fit()
     except TrainingError as error:

@@ -45,9 +45,17 @@ class Trainer:
     best metrics, RNG states) is in `state_dict()`, saved beside model, optimizer and scheduler.
     """
 
-    def __init__(self, config: Config, validation_callbacks: list[ValidationCallback] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        validation_callbacks: list[ValidationCallback] | None = None,
+        stop_callbacks: list[Callable[[int, Any], str | None]] | None = None,
+    ) -> None:
         self.config = config
         self.validation_callbacks = list(validation_callbacks or [])  # trainer/callbacks.py
+        # Called as (signal, dist) after a stop by a signal, once its checkpoint is complete; each may return a
+        # line for the log. trainer.run composes them (SLURM's requeue, trainer/guards/requeue.py).
+        self.stop_callbacks = list(stop_callbacks or [])
         self.stop_request: Stop | None = None  # set by a validation callback: the loop ends at this iteration
         check_output_dirs(config)
         import_plugins(config.imports)
@@ -203,14 +211,15 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------
 
     def fit(self) -> int:
-        """Train to train.total_iters; return 0, 128+signal after SIGTERM/SIGINT/SIGHUP, or the
-        exit code of a validation callback that ended the run (trainer/callbacks.py)."""
+        """Train to train.total_iters; return 0, 128+signal after SIGTERM/SIGINT/SIGHUP/SIGUSR1, or
+        the exit code of a validation callback that ended the run (trainer/callbacks.py)."""
         total = self.config.train.total_iters
         self.logger.info(
             f"training {self.config.name} on {self.device}: iterations {self.iteration} -> {total}, "
             f"{sum(p.numel() for p in self.model.parameters()):,} parameters"
         )
         self.model.train()
+        stopped_by = None
         with StopSignals() as signals:
             while self.iteration < total:
                 self._train_step()
@@ -221,13 +230,34 @@ class Trainer:
                 if self._stop_requested(signals):
                     if not saved:
                         self._save_iteration()
-                    received = signals.received or signal.SIGTERM  # a rank stopped by another rank
-                    name = signal.Signals(received).name  # SIGHUP: the terminal was lost
-                    self.logger.info(f"stopped by signal {received} at iteration {self.iteration}; checkpoint saved ({name})")
-                    return 128 + received
+                    self._finish_stop_save()  # inside the handlers: a second signal cannot cut the write short
+                    stopped_by = signals.received or signal.SIGTERM  # a rank stopped by another rank
+                    name = signal.Signals(stopped_by).name  # SIGHUP: the terminal was lost
+                    self.logger.info(f"stopped by signal {stopped_by} at iteration {self.iteration}; checkpoint saved ({name})")
+                    break
+        if stopped_by is not None:
+            self._call_stop_callbacks(stopped_by)  # outside them: a callback may leave a signal ignored
+            return 128 + stopped_by
         best = best_text(self.best_metrics, self.config.val.metric)
         self.logger.info(f"done: {self.config.name} at iteration {self.iteration}{best}")
         return 0
+
+    def _finish_stop_save(self) -> None:
+        """Wait until the stop's checkpoint is complete on every rank (an async write included).
+
+        No rank leaves before that: a launcher that ends the job when the first rank exits non-zero
+        (torchrun, `srun --kill-on-bad-exit`) or a stop callback that ends it (a requeue) would
+        otherwise kill rank 0 in the middle of the write.
+        """
+        self.checkpoints.wait()
+        self.dist.barrier()
+
+    def _call_stop_callbacks(self, signum: int) -> None:
+        """Hand the stop by `signum` to the stop callbacks (trainer.run's: SLURM's requeue); log their lines."""
+        for callback in self.stop_callbacks:
+            note = callback(signum, self.dist)
+            if note:
+                self.logger.info(note)
 
     def _stop_requested(self, signals: StopSignals) -> bool:
         """Whether to stop after this iteration. Under torchrun every rank must stop at the same

@@ -1,4 +1,4 @@
-"""Whether this process was asked to stop (SIGTERM, SIGINT, SIGHUP), for code deep below the loop.
+"""Whether this process was asked to stop (SIGTERM, SIGINT, SIGHUP, SIGUSR1), for code deep below the loop.
 
 trainer/guards/signals.py's `StopSignals` turns those signals into a flag the training loop reads
 at iteration boundaries, and registers itself here when it starts listening. A wait that must not

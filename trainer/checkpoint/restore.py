@@ -19,6 +19,7 @@ from trainer.checkpoint.manager import CheckpointManager
 from trainer.checkpoint.readers import read_weights
 from trainer.checkpoint.storage import as_location
 from trainer.config.schema import Config, config_changes
+from trainer.distributed.slurm import restart_count
 from trainer.distributed.strategy import SingleDevice
 from trainer.errors import InputError
 from trainer.optim import IMPLEMENTATION_KEYS, configured_selection, group_selection, load_keeping_implementation
@@ -151,7 +152,7 @@ def _take_over_schedule(
 
 
 # How a run is resumed, not what it runs: never reported as a change.
-_HOW_RESUMED = ("resume_path", "resume_schedule", "resume_data")
+_HOW_RESUMED = ("resume_path", "resume_schedule", "resume_data", "slurm")  # how a run is (re)started, not what it trains
 
 
 def changes_since(checkpoint: dict[str, Any], config: Config) -> list[str]:
@@ -199,7 +200,9 @@ def resume_notes(
     path: Path, iteration: int, epoch: int, changes: list[str], took_over: bool, world_sizes: tuple[int, int]
 ) -> list[str]:
     """The log lines that say where the run resumed, on how many processes, and what changed in its config."""
-    notes = [f"resumed from {path} at iteration {iteration} (epoch {epoch})"]
+    restarts = restart_count()  # a job SLURM requeued: which start of it this is
+    slurm = f", SLURM_RESTART_COUNT {restarts}" if restarts is not None else ""
+    notes = [f"resumed from {path} at iteration {iteration} (epoch {epoch}){slurm}"]
     saved, now = world_sizes
     if saved != now:  # the global batch and sample order are the same; the per-rank share is not
         notes.append(f"world size changed: the checkpoint was saved by {_processes(saved)}, this run has {now}")

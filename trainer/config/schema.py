@@ -200,6 +200,15 @@ class LoggingConfig:
             )
 
 
+@dataclass(frozen=True)
+class SlurmConfig:
+    """What Kiln does under SLURM (trainer/distributed/slurm.py, trainer/guards/requeue.py)."""
+
+    requeue: bool = True
+    """After a stop by SIGTERM or SIGUSR1 has saved its checkpoint, rank 0 runs `scontrol requeue`
+    for the job, which then resumes with resume_path: auto. Acts only inside a SLURM job."""
+
+
 # The first character may not be a dot: "." or ".." would make experiments/<name>/ a parent directory.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -241,6 +250,8 @@ class Config:
     """Where and how often checkpoints are written."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Console, file, TensorBoard and progress bar."""
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    """Under SLURM: whether a stop by the scheduler's signal requeues the job."""
     resume_path: str | None = None
     """A full .pt checkpoint to continue, or "auto" for the newest of this experiment."""
     resume_schedule: Literal["checkpoint", "extend"] = "checkpoint"

@@ -2,6 +2,8 @@
 
 - `process.py`: `Distributed` (rank, world size, the few collectives the loop needs) and
   joining the process group from torchrun's environment.
+- `slurm.py`: under `srun` without torchrun, SLURM's task variables written as torchrun's
+  (rank, world size, local rank, rendezvous host and port), so the rest never knows SLURM.
 - `strategy.py`: the parallel strategy as an object: single device, DDP or FSDP2, each knowing
   how to wrap the model and how to get and load model and optimizer state.
 - `device.py`: choosing the device and the backend settings.

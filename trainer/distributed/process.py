@@ -2,7 +2,9 @@
 
 Everything here is torch.distributed; nothing is home-made. Under torchrun (RANK, LOCAL_RANK
 and WORLD_SIZE set, WORLD_SIZE > 1) the process group uses nccl on CUDA and gloo on CPU; in a
-plain `python train.py` every helper degrades to the single-process answer.
+plain `python train.py` every helper degrades to the single-process answer. Tasks of an
+`srun` step without torchrun get the same variables from SLURM's (trainer/distributed/slurm.py;
+torchrun's win where both are present).
 
 A worker whose launcher dies stops as if sent SIGTERM (`end_with_launcher`): torchrun starts its
 workers in sessions of their own, so after a `kill -9` of torchrun nothing else would tell them,
@@ -21,6 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from trainer.distributed.slurm import adopt_slurm_environment
 from utils.stopping import signal_on_parent_death
 
 # How long a collective may wait for a missing rank before the job fails instead of hanging.
@@ -103,9 +106,11 @@ def end_with_launcher(signum: int = signal.SIGTERM) -> bool:
 
 
 def from_environment(use_cuda: bool) -> Distributed:
-    """Read torchrun's environment and join the process group (nccl on CUDA, gloo on CPU); under
-    torchrun a worker also ends with its launcher (`end_with_launcher`)."""
+    """Read torchrun's environment (or an srun step's, written into torchrun's variables) and join
+    the process group (nccl on CUDA, gloo on CPU); under torchrun a worker also ends with its
+    launcher (`end_with_launcher`; srun's tasks end with their slurmstepd, which SLURM kills)."""
     end_with_launcher()
+    adopt_slurm_environment()  # srun -n N without torchrun: RANK, WORLD_SIZE, ... from SLURM_PROCID, SLURM_NTASKS, ...
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return Distributed()

@@ -1,4 +1,4 @@
-"""Turn SIGTERM, SIGINT and SIGHUP into a flag the training loop checks at the next iteration boundary."""
+"""Turn SIGTERM, SIGINT, SIGHUP and SIGUSR1 into a flag the training loop checks at the next iteration boundary."""
 
 from __future__ import annotations
 
@@ -9,17 +9,23 @@ from utils.stopping import listen_to
 
 
 class StopSignals:
-    """While active, SIGTERM, SIGINT and SIGHUP only record themselves; `received` is the first one.
+    """While active, SIGTERM, SIGINT, SIGHUP and SIGUSR1 only record themselves; `received` is the first one.
 
     The loop finishes the iteration in progress (and any validation or save due), saves a
-    checkpoint and exits with 128 + signal (143, 130, 129). A second SIGINT interrupts at once,
-    for a user who really means it. Under nohup (SIGHUP ignored) SIGHUP stays ignored.
+    checkpoint and exits with 128 + signal (143, 130, 129, 138). A second SIGINT interrupts at
+    once, for a user who really means it; any other second signal (a scheduler that repeats
+    itself) is only recorded, so a save in progress always finishes. Under nohup (SIGHUP
+    ignored) SIGHUP stays ignored. Nothing but the flag happens in the handler: the save runs in
+    the loop, where every rank takes part (a save inside a handler can deadlock on the locks the
+    interrupted code holds).
     """
 
     # SIGHUP is a lost terminal (an ssh session that dropped, a closed terminal window): like a
     # scheduler's SIGTERM it ends the run with a checkpoint, where its default action would kill
-    # the run and lose the work since the last save. (Windows has no SIGHUP.)
-    SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name))
+    # the run and lose the work since the last save. SIGUSR1 is the warning a cluster sends ahead
+    # of a time limit or preemption (SLURM's `--signal=USR1@120`): its default action would kill
+    # the run at once, with nothing saved. (Windows has neither.)
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1") if hasattr(signal, name))
 
     def __init__(self) -> None:
         self.received: int | None = None
