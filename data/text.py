@@ -68,13 +68,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from data.hf_tokenizer import HFTokenizer
 from data.text_tokenizers import (
     BPETokenizer,
     ByteTokenizer,
     CorpusError,
     TableTokenizer,
     parse_tokenizer_spec,
-    tokenizer_from_spec,
 )
 from trainer.registry import DATASETS
 from utils.io import atomic_write, atomic_write_text
@@ -457,6 +457,16 @@ class TextTokens(Dataset):
     def __getstate__(self) -> dict:
         """Pickle without the memory map (a DataLoader worker under spawn maps the file itself)."""
         return {**self.__dict__, "_tokens": None}
+
+
+def tokenizer_from_spec(spec: dict[str, Any]) -> Any:
+    """The tokenizer a parsed spec names, or None for bpe (trained on the corpus, see data/text.py):
+    ByteTokenizer for bytes, HFTokenizer (data/hf_tokenizer.py) read from its folder for hf."""
+    if spec["type"] == "bytes":
+        return ByteTokenizer()
+    if spec["type"] == "hf":
+        return HFTokenizer(spec["path"])
+    return None
 
 
 def _tokenizer_identity(spec: dict, tokenizer: Any, vocab_size: int) -> dict[str, Any]:

@@ -5,7 +5,7 @@ The first two map token ids to the exact bytes they stand for, so decoding is a 
 stream of ids can be decoded incrementally (tools/generate.py), and each token's byte
 length (`token_bytes`, what the bpb metric divides by) is exact. Every tokenizer offers
 `encode(text, add_special_tokens=False)`, `decode(ids)`, `token_bytes()`, `fingerprint()` and
-`vocab_size`; `tokenizer_from_spec` builds the one a spec names.
+`vocab_size`; data/text.py's `tokenizer_from_spec` builds the one a spec names.
 """
 
 from __future__ import annotations
@@ -216,15 +216,3 @@ def _parse_hf_spec(spec: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(path, str) or not path:
         raise CorpusError(f"tokenizer type hf needs path: a folder with tokenizer.json, got {path!r}; {TOKENIZER_HELP}")
     return {"type": "hf", "path": path}
-
-
-def tokenizer_from_spec(spec: dict[str, Any]) -> Any:
-    """The tokenizer a parsed spec names, or None for bpe (trained on the corpus, see data/text.py):
-    ByteTokenizer for bytes, HFTokenizer (data/hf_tokenizer.py) read from its folder for hf."""
-    if spec["type"] == "bytes":
-        return ByteTokenizer()
-    if spec["type"] == "hf":
-        from data.hf_tokenizer import HFTokenizer  # it imports this module
-
-        return HFTokenizer(spec["path"])
-    return None
