@@ -1,6 +1,7 @@
 """Datasets, the resumable sampler and the loader. Importing it registers Kiln's datasets."""
 
 from data import (
+    chat,  # noqa: F401  (registers ChatJSONL)
     digits,  # noqa: F401  (registers Digits)
     sr,  # noqa: F401  (registers SRImages, PairedImages)
     synthetic,  # noqa: F401  (registers SyntheticImages)

@@ -30,6 +30,7 @@ from torch import nn
 
 from models.hf_config import HFCompatible, require
 from models.sampling import check_sampling, sample_next
+from models.text_data import sequence_length
 from trainer.errors import InputError
 from trainer.registry import MODELS
 
@@ -284,11 +285,12 @@ class GPT(HFCompatible, nn.Module):
                 f"config key model.vocab_size: {self.vocab_size} is smaller than the tokenizer's {vocab} tokens of {key}; "
                 f"set model.vocab_size to at least {vocab}"
             )
-        block = getattr(dataset, "block_size", None)
+        length = sequence_length(dataset)  # TextTokens' block_size, ChatJSONL's max_length
+        name, block = length if length is not None else ("block_size", None)
         if block is not None and block > self.block_size:
             raise InputError(
-                f"config key {key}.block_size: {block} is larger than model.block_size {self.block_size}, the longest "
-                f"sequence the model has positions for; set {key}.block_size to at most {self.block_size} "
+                f"config key {key}.{name}: {block} is larger than model.block_size {self.block_size}, the longest "
+                f"sequence the model has positions for; set {key}.{name} to at most {self.block_size} "
                 f"or model.block_size to at least {block}"
             )
 

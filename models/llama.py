@@ -34,6 +34,7 @@ from torch import nn
 
 from models.hf_config import HFCompatible, require
 from models.sampling import check_sampling, sample_next
+from models.text_data import sequence_length
 from trainer.errors import InputError
 from trainer.registry import MODELS
 
@@ -398,11 +399,12 @@ class Llama(HFCompatible, nn.Module):
                 f"config key model: vocab_size {self.vocab_size} is smaller than the tokenizer's {vocab} tokens of {key}; "
                 f"use the model's own tokenizer or a model with vocab_size at least {vocab}"
             )
-        block = getattr(dataset, "block_size", None)
+        length = sequence_length(dataset)  # TextTokens' block_size, ChatJSONL's max_length
+        name, block = length if length is not None else ("block_size", None)
         if block is not None and block > self.block_size:
             raise InputError(
-                f"config key {key}.block_size: {block} is larger than the model's max_position_embeddings {self.block_size}, "
-                f"the longest sequence it has positions for; set {key}.block_size to at most {self.block_size}"
+                f"config key {key}.{name}: {block} is larger than the model's max_position_embeddings {self.block_size}, "
+                f"the longest sequence it has positions for; set {key}.{name} to at most {self.block_size}"
             )
 
     @torch.no_grad()

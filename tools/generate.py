@@ -16,6 +16,14 @@ tokens written out), printed as each piece of text completes; sampling stops at 
 EOS token, which is not printed. The model's `generate` gets `use_cache=True` when it takes it
 (a KV cache: the same tokens, faster).
 
+Chat (`--chat`). The prompt is a user turn: the conversation `[{"role": "user", "content":
+PROMPT}]` rendered with the tokenizer's chat template and its generation prompt (the assistant's
+header), as `apply_chat_template(..., add_generation_prompt=True)` renders it, and encoded
+without adding special tokens again (the template writes the BOS). Only the assistant's reply is
+printed; sampling stops at the tokenizer's EOS or at the template's end-of-turn token
+(`<|eot_id|>`, `<|im_end|>`: the special token the template ends an assistant turn with), neither
+printed. data.train's tokenizer must be `{type: hf}` with a chat template (data/chat_template.py).
+
 Exit 2 with one `error: ...` line on a bad input, among them a tokenizer that is
 not the one the weights were trained with (a corpus that changed since retrains a BPE): the
 identity a .pt or .dcp records, or for a .pth the one of the .pt or .dcp Kiln wrote beside it
@@ -55,6 +63,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy (default 1.0)")
     parser.add_argument("--top-k", type=_positive, default=None, help="sample among the K most likely tokens only")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling generator (default 0)")
+    parser.add_argument(
+        "--chat", action="store_true", help="send --prompt as a user turn through the chat template; print only the reply"
+    )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config key = YAML value, e.g. device=cpu")
     args = parser.parse_intermixed_args(argv)
     if not args.temperature >= 0:  # also rejects nan
@@ -151,23 +162,49 @@ def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
     return ids
 
 
+def chat_prompt(tokenizer: Any, prompt: str) -> tuple[list[int], set[int]]:
+    """(the ids of `prompt` as a user turn with the chat template's generation prompt, the ids that end
+    the reply: EOS and the template's end-of-turn token); InputError without a chat template."""
+    from data.chat_template import ChatTemplate
+    from trainer.errors import InputError
+
+    if not prompt:
+        raise InputError('--prompt is empty; give the user\'s message (e.g. --chat --prompt "What is 2+3?")')
+    if not hasattr(tokenizer, "chat_template"):
+        raise InputError(
+            f"--chat needs a chat template, and data.train's tokenizer ({type(tokenizer).__name__}) has none; use "
+            "tokenizer: {type: hf, path: DIR} with a folder that has one"
+        )
+    try:
+        chat = ChatTemplate(tokenizer)
+        ids = chat.encode([{"role": "user", "content": prompt}], add_generation_prompt=True)
+    except InputError as error:
+        raise InputError(f"--chat: {error}") from None
+    return ids, {token for token in (tokenizer.eos_id, chat.end_of_turn()) if token is not None}
+
+
 def stream(args: argparse.Namespace) -> None:
-    """Write the prompt, then each sampled token's text as soon as it completes a character; stop at EOS."""
+    """Write the prompt (not with --chat), then each sampled token's text as soon as it completes a
+    character; stop at EOS (with --chat also at the template's end-of-turn token)."""
     import torch
 
     model, tokenizer, device = load_model_and_tokenizer(args.config, args.weights, args.overrides)
-    ids = encode_prompt(tokenizer, args.prompt)
+    if args.chat:
+        ids, stops = chat_prompt(tokenizer, args.prompt)
+    else:
+        ids = encode_prompt(tokenizer, args.prompt)
+        stops = {getattr(tokenizer, "eos_id", None)} - {None}  # Kiln's bytes and bpe have none: sample max_new_tokens
     idx = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
     sampling = {"temperature": args.temperature, "top_k": args.top_k}
     sampling["generator"] = torch.Generator(device=device).manual_seed(args.seed)
     if accepts(model.generate, "use_cache"):  # a model without a KV cache recomputes the context each step
         sampling["use_cache"] = True
-    eos = getattr(tokenizer, "eos_id", None)  # Kiln's bytes and bpe have none: sample max_new_tokens
     text = text_stream(tokenizer, ids)
-    _write(args.prompt)
+    if not args.chat:
+        _write(args.prompt)
     for next_id in model.generate(idx, args.max_new_tokens, **sampling):
         token = int(next_id)  # one host sync per token: it is the output
-        if token == eos:
+        if token in stops:
             break
         _write(text.add(token))
     _write(text.finish() + "\n")

@@ -207,3 +207,106 @@ def test_a_bad_hf_tokenizer_folder_is_one_error_line(hf_run: Path, tmp_path: Pat
         f"error: config key data.train: dataset TextTokens: tokenizer path {str(tmp_path)!r} is a tokenizer directory "
         "without tokenizer.json; "
     )
+
+
+# -- --chat: the prompt as a user turn of the chat template, stopping at end-of-turn ---------------------
+
+CHAT_PROMPT = "What is 2+3?"
+CHAT_MODEL = {**HF_MODEL, "block_size": 64}  # the rendered prompt is 34 tokens
+# Llama 3's layout, but <|eot_id|> only after an assistant's reply: the prompt holds neither it nor the EOS
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] }}"
+    "{% if m['role'] == 'assistant' %}<|eot_id|>{% else %}\n\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def chat_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Llama 3 style tokenizer whose EOS (<|end_of_text|>) is not its end-of-turn token (<|eot_id|>), a
+    ChatJSONL config, and random GPT weights relabelled (as hf_run's) so that greedy sampling after the
+    rendered prompt emits <|eot_id|> at step `stop` (run.json: the prompt's ids, the greedy ids, `stop`)."""
+    pytest.importorskip("transformers")
+    from data.chat_template import ChatTemplate
+    from data.hf_tokenizer import HFTokenizer
+    from tests.hf_tokenizers import save_llama3_style
+
+    directory = tmp_path_factory.mktemp("generate_chat")
+    folder = save_llama3_style(directory / "tokenizer", eos_token="<|end_of_text|>", chat_template=CHAT_TEMPLATE)
+    conversation = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
+    (directory / "chat.jsonl").write_text(json.dumps(conversation) + "\n")
+    chat = {"type": "ChatJSONL", "path": str(directory / "chat.jsonl"), "tokenizer": {"type": "hf", "path": str(folder)}}
+    write_config(
+        directory / "chat.yaml",
+        {
+            "name": "chat",
+            "device": "cpu",
+            "model": {"type": "GPT", **CHAT_MODEL},
+            "loss": {"type": "TokenCrossEntropy"},
+            "data": {"batch_size": 1, "train": {**chat, "max_length": 32}},
+            "optimizer": {"type": "AdamW", "lr": 1e-3},
+            "train": {"total_iters": 1},
+        },
+    )
+    tokenizer = HFTokenizer(folder)
+    eot = tokenizer.hf.token_to_id("<|eot_id|>")
+    prompt = ChatTemplate(tokenizer).encode([{"role": "user", "content": CHAT_PROMPT}], add_generation_prompt=True)
+    torch.manual_seed(0)
+    model = GPT(**CHAT_MODEL).eval()
+    greedy = [int(t) for t in model.generate(torch.tensor([prompt]), 20, temperature=0)]
+    stop = next(k for k in range(3, 20) if greedy[k] not in prompt + greedy[:k])
+    assert not {eot, tokenizer.eos_id} & set(prompt + greedy[:stop])  # else choose another seed
+    swap = [greedy[stop], eot]
+    with torch.no_grad():
+        for parameter in model.parameters():  # tied embedding and head: one tensor, swapped once
+            if parameter.shape[0] == CHAT_MODEL["vocab_size"]:
+                parameter[swap] = parameter[swap[::-1]].clone()
+    torch.save({"params": model.state_dict()}, directory / "chat.pth")
+    (directory / "run.json").write_text(json.dumps({"prompt": prompt, "greedy": greedy, "stop": stop}))
+    return directory
+
+
+def test_chat_prompts_with_the_template_and_prints_the_reply_up_to_end_of_turn(chat_run: Path):
+    from data.hf_tokenizer import HFTokenizer
+
+    transformers = pytest.importorskip("transformers")
+    run = json.loads((chat_run / "run.json").read_text())
+    reference = transformers.AutoTokenizer.from_pretrained(chat_run / "tokenizer")
+    messages = [{"role": "user", "content": CHAT_PROMPT}]
+    assert run["prompt"] == reference.apply_chat_template(messages, add_generation_prompt=True)["input_ids"]
+    argv = ["-c", str(chat_run / "chat.yaml"), "--weights", str(chat_run / "chat.pth"), "--chat", "--prompt", CHAT_PROMPT]
+    code, out, err = call(generate_tool, *argv, "--temperature", "0", "--max-new-tokens", "20")
+    tokenizer = HFTokenizer(chat_run / "tokenizer")
+    ids = run["prompt"] + run["greedy"][: run["stop"]]
+    reply = tokenizer.decode(ids)[len(tokenizer.decode(run["prompt"])) :]
+    assert code == 0 and err == "" and out == reply + "\n"
+    assert CHAT_PROMPT not in out and "<|eot_id|>" not in out and 3 <= run["stop"] < 20
+    code, out, err = call(generate_tool, *argv, "--temperature", "0", "--max-new-tokens", str(run["stop"] - 1))
+    assert code == 0 and out == tokenizer.decode(ids[:-1])[len(tokenizer.decode(run["prompt"])) :] + "\n"  # cut short
+
+
+def test_chat_without_a_chat_template_is_one_error_line(lm_run: Path, tmp_path: Path):
+    code, out, err = sample(lm_run, "--chat", "--prompt", "Hi")  # tokenizer: bytes
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith("error: --chat needs a chat template, and data.train's tokenizer (ByteTokenizer) has none; ")
+    pytest.importorskip("transformers")
+    from tests.hf_tokenizers import DEFAULT_TEXT, save_byte_level_bpe
+
+    folder = save_byte_level_bpe(tmp_path / "tokenizer")  # no chat_template
+    config = yaml.safe_load((lm_run / "lm.yaml").read_text())
+    (tmp_path / "corpus.txt").write_text(DEFAULT_TEXT[:3000])
+    text = {"type": "TextTokens", "root": str(tmp_path / "corpus.txt"), "block_size": 16, "cache_dir": str(tmp_path / "cache")}
+    config["data"]["train"] = {**text, "tokenizer": {"type": "hf", "path": str(folder)}}
+    config["model"] = {"type": "GPT", **HF_MODEL}
+    write_config(tmp_path / "plain.yaml", config)
+    torch.save({"params": GPT(**HF_MODEL).state_dict()}, tmp_path / "plain.pth")
+    code, out, err = call(generate_tool, "-c", str(tmp_path / "plain.yaml"), "--weights", str(tmp_path / "plain.pth"), "--chat")
+    assert (
+        code == 2
+        and out == ""
+        and err
+        == (
+            f"error: --chat: the tokenizer at {folder.resolve()} has no chat_template; add a chat_template.jinja to the folder "
+            "(e.g. the instruct model's, or tokenizer.chat_template = ...; tokenizer.save_pretrained(DIR) with transformers)\n"
+        )
+    )

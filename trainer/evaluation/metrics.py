@@ -234,3 +234,33 @@ class SSIM(ImageQuality):
     name = "ssim"
     per_image_fn = staticmethod(ssim_per_image)
     min_size = SSIM_WINDOW
+
+
+# -- instruction tuning -----------------------------------------------------------------------
+
+
+@METRICS.register(name="exact_match")
+class ExactMatch:
+    """The fraction of examples whose every trained target is the model's argmax: (B, T, V) logits, (B, T) targets.
+
+    One row is one example (ChatJSONL: one conversation). A row counts 1 when the argmax at each
+    of its valid targets (not `ignore_index`) is that target, else 0; a row with no valid target
+    is no example and counts for nothing. Teacher-forced, this is what greedy decoding does: each
+    greedy step emits the argmax given the right prefix, so a row scores 1 exactly when greedy
+    generation after the prompt reproduces the whole answer, end-of-turn token included. Returned
+    as (rows matched, rows with a valid target), so the value is exact over the whole validation
+    set however it is batched or sharded; use it with `val.mode: max`.
+    """
+
+    def __init__(self, ignore_index: int = -100) -> None:
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+            raise ValueError(f"ignore_index must be an integer (the target id that counts for nothing), got {ignore_index!r}")
+        self.ignore_index = ignore_index
+
+    def __call__(self, output: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, V) logits and (B, T) targets -> (rows whose valid targets are all the argmax, rows with one), on device."""
+        valid = targets != self.ignore_index  # (B, T)
+        right = (output.argmax(dim=-1) == targets) | ~valid  # (B, T): an ignored position never spoils a row
+        examples = valid.any(dim=-1)  # (B,)
+        matched = right.all(dim=-1) & examples
+        return matched.sum().to(torch.float64), examples.sum().to(torch.float64)

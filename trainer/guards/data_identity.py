@@ -111,6 +111,11 @@ def check_pair(train: dict[str, Any] | None, val: dict[str, Any] | None) -> None
     """InputError when training and validation data of one corpus overlap or tokenize differently."""
     if train is None or val is None:
         return
+    if train["corpus"] == val["corpus"] and "split" not in train:  # a dataset of whole files (ChatJSONL): no splits
+        raise InputError(
+            f"config keys data.train and data.val read the same files ({describe_corpus(train['corpus'])}), so the model "
+            "would be validated on what it trains on; give data.val held-out examples"
+        )
     if train["corpus"] == val["corpus"]:
         corpus = f"one corpus ({describe_corpus(train['corpus'])})"
         if train["split"] == val["split"]:
@@ -146,7 +151,8 @@ def data_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
         if before is None or after is None:
             what = f"{_describe_identity(before)} -> {_describe_identity(after)}"
         else:
-            fields = [_field_change(name, before.get(name), after.get(name)) for name in _FIELDS]
+            others = sorted((before.keys() | after.keys()) - set(_FIELDS))  # a dataset's own fields (ChatJSONL's loss_on)
+            fields = [_field_change(name, before.get(name), after.get(name)) for name in [*_FIELDS, *others]]
             what = ", ".join(field for field in fields if field)
         changes.append(f"{key}: {'the same' if what == said else what}")
         said = what

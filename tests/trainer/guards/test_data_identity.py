@@ -188,3 +188,24 @@ def test_a_position_the_accepted_data_no_longer_have_moves_to_the_next_epoch(tmp
     assert run_data.check_start({"iteration": 1, "epoch": 0, "position": 0}, "old.pt", "check") == [
         "resume_path old.pt records no data identity (saved before Kiln did): the data were not checked"
     ]
+
+
+def test_a_whole_file_dataset_validated_on_its_own_training_files_is_refused():
+    from trainer.guards.data_identity import check_pair
+
+    corpus = {"sha256": "ab" * 32, "files": 1, "bytes": 1200}
+    chat = {"corpus": corpus, "tokenizer": {"type": "hf", "vocab_size": 300, "sha256": "cd" * 32}, "loss_on": "assistant"}
+    with pytest.raises(InputError) as caught:
+        check_pair(chat, dict(chat))
+    assert str(caught.value) == (
+        "config keys data.train and data.val read the same files (1 file(s), 1,200 bytes, sha256 abababababab), so the "
+        "model would be validated on what it trains on; give data.val held-out examples"
+    )
+
+
+def test_a_change_of_a_datasets_own_field_is_named():
+    from trainer.guards.data_identity import data_changes
+
+    before = {"corpus": {"sha256": "ab" * 32, "files": 1, "bytes": 1200}, "loss_on": "assistant", "max_length": 64}
+    after = {**before, "loss_on": "all"}
+    assert data_changes({"train": before, "val": None}, {"train": after, "val": None}) == ["data.train: loss_on assistant -> all"]
