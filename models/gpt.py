@@ -30,7 +30,7 @@ from torch import nn
 
 from models.hf_config import HFCompatible, require
 from models.sampling import check_sampling, sample_next
-from models.text_data import sequence_length
+from models.text_data import check_length, check_vocabulary
 from trainer.errors import InputError
 from trainer.registry import MODELS
 
@@ -279,20 +279,10 @@ class GPT(HFCompatible, nn.Module):
 
     def check_data(self, dataset: Any, key: str = "data.train") -> None:
         """InputError when `dataset` (at config key `key`) has more tokens or longer windows than the model takes."""
-        vocab = getattr(dataset, "vocab_size", None)
-        if vocab is not None and vocab > self.vocab_size:
-            raise InputError(
-                f"config key model.vocab_size: {self.vocab_size} is smaller than the tokenizer's {vocab} tokens of {key}; "
-                f"set model.vocab_size to at least {vocab}"
-            )
-        length = sequence_length(dataset)  # TextTokens' block_size, ChatJSONL's max_length
-        name, block = length if length is not None else ("block_size", None)
-        if block is not None and block > self.block_size:
-            raise InputError(
-                f"config key {key}.{name}: {block} is larger than model.block_size {self.block_size}, the longest "
-                f"sequence the model has positions for; set {key}.{name} to at most {self.block_size} "
-                f"or model.block_size to at least {block}"
-            )
+        check_vocabulary(
+            dataset, key, self.vocab_size, f"model.vocab_size: {self.vocab_size}", "set model.vocab_size to at least {vocab}"
+        )
+        check_length(dataset, key, self.block_size, "model.block_size", " or model.block_size to at least {length}")
 
     @torch.no_grad()
     def generate(

@@ -34,7 +34,7 @@ from torch import nn
 
 from models.hf_config import HFCompatible, require
 from models.sampling import check_sampling, sample_next
-from models.text_data import sequence_length
+from models.text_data import check_length, check_vocabulary
 from trainer.errors import InputError
 from trainer.registry import MODELS
 
@@ -393,19 +393,11 @@ class Llama(HFCompatible, nn.Module):
 
     def check_data(self, dataset: Any, key: str = "data.train") -> None:
         """InputError when `dataset` (at config key `key`) has more tokens or longer windows than the model takes."""
-        vocab = getattr(dataset, "vocab_size", None)
-        if vocab is not None and vocab > self.vocab_size:
-            raise InputError(
-                f"config key model: vocab_size {self.vocab_size} is smaller than the tokenizer's {vocab} tokens of {key}; "
-                f"use the model's own tokenizer or a model with vocab_size at least {vocab}"
-            )
-        length = sequence_length(dataset)  # TextTokens' block_size, ChatJSONL's max_length
-        name, block = length if length is not None else ("block_size", None)
-        if block is not None and block > self.block_size:
-            raise InputError(
-                f"config key {key}.{name}: {block} is larger than the model's max_position_embeddings {self.block_size}, "
-                f"the longest sequence it has positions for; set {key}.{name} to at most {self.block_size}"
-            )
+        check_vocabulary(
+            dataset, key, self.vocab_size, f"model: vocab_size {self.vocab_size}",
+            "use the model's own tokenizer or a model with vocab_size at least {vocab}",
+        )  # fmt: skip
+        check_length(dataset, key, self.block_size, "the model's max_position_embeddings")
 
     @torch.no_grad()
     def generate(
