@@ -1,4 +1,5 @@
-"""Export the weights of a checkpoint: python tools/export.py CHECKPOINT [-o OUT] [--format pth|safetensors|pt|hf] [--force].
+"""Export the weights of a checkpoint:
+python tools/export.py CHECKPOINT [-o OUT] [--format pth|safetensors|pt|hf] [--merge] [--force].
 
 - `--format pth` (default): the weight-only `{"params": state_dict}` the trainer writes, byte for
   byte, e.g. to recover a deleted `.pth` from its `.pt`.
@@ -13,6 +14,12 @@
   tokenizer, its files (trainer/checkpoint/hf_export.py). It needs a full checkpoint (.pt or
   .dcp), whose recorded config says the architecture: `model: {type: hf, ...}`, `GPT` (as GPT-2)
   or `Llama`; any other model is exit 2.
+
+  A LoRA run's checkpoint (`train.lora`: it holds the adapters, and the identity of its frozen
+  base) is written as a PEFT adapter directory (`adapter_config.json`, `adapter_model.safetensors`)
+  that `peft.PeftModel.from_pretrained(transformers_model, OUT)` loads; with `--merge`, as the
+  merged full model in the Hugging Face layout: the base is read again from the path the
+  checkpoint records (its sha256 checked) and every adapted weight becomes W + (alpha / r) * B @ A.
 
 From a full `.pt` it takes the weights the trainer's `.pth` of that iteration holds: the EMA
 weights when the run used `train.ema`, else the model's. A `.pth` or another tool's state dict
@@ -55,6 +62,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("-o", "--output", help="where to write (default: CHECKPOINT with the format's suffix)")
     parser.add_argument("--format", choices=sorted(SUFFIXES), default="pth", help="pth (default), safetensors, pt or hf")
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    parser.add_argument(
+        "--merge", action="store_true", help="with --format hf, of a LoRA checkpoint: the base with the adapters merged in"
+    )
     return parser.parse_args(argv)
 
 
@@ -69,6 +79,8 @@ def weights_of(obj: Any, path: Path) -> tuple[dict, str]:
             # trainer's .pth holds `ema.module`'s state dict, i.e. these without the prefix.
             ema_weights = {key: value for key, value in ema.items() if key != EMA_COUNTER}
             return clean_state_dict(ema_weights), "EMA weights (train.ema) of the full checkpoint"
+        if obj.get("base") is not None:  # a LoRA run's (trainer/checkpoint/frozen_base.py): its model state is the adapters
+            return clean_state_dict(obj[KEY_MODEL]), "LoRA adapters of the full checkpoint"
         return clean_state_dict(obj[KEY_MODEL]), "model weights of the full checkpoint"
     return clean_state_dict(extract_weights(obj, "auto", path)), "weights of"
 
@@ -117,7 +129,7 @@ def write_safetensors(weights: dict, target: Path, source: Path) -> None:
     atomic_write(target, lambda file: file.write(data))
 
 
-def export(checkpoint: str, output: str | None, fmt: str, force: bool) -> tuple[Path, str, int]:
+def export(checkpoint: str, output: str | None, fmt: str, force: bool, merge: bool = False) -> tuple[Path, str, int]:
     """Write the weights of `checkpoint`; return (written path, what they were, tensor count)."""
     from trainer.checkpoint import KEY_FORMAT, KEY_OPTIMIZER, read_whole
     from trainer.checkpoint.storage import basename, is_url, local_copy
@@ -125,9 +137,11 @@ def export(checkpoint: str, output: str | None, fmt: str, force: bool) -> tuple[
 
     if is_url(output):
         raise InputError(f"-o {output} is a URL; write a local file, then upload it with tools/checkpoints.py push")
+    if merge and fmt != "hf":
+        raise InputError(f"--merge writes a Hugging Face model directory; add --format hf (not {fmt})")
     if is_url(checkpoint):  # read from a temporary download; the export lands here unless -o says where
         with local_copy(checkpoint, "checkpoint") as local:
-            return export(str(local), output or str(Path(basename(checkpoint)).with_suffix(SUFFIXES[fmt])), fmt, force)
+            return export(str(local), output or str(Path(basename(checkpoint)).with_suffix(SUFFIXES[fmt])), fmt, force, merge)
     source = Path(checkpoint)
     obj = read_whole(source, "checkpoint")  # a sharded .dcp directory: consolidated
     if fmt == "pt" and not (isinstance(obj, dict) and KEY_OPTIMIZER in obj and KEY_FORMAT in obj):
@@ -142,8 +156,8 @@ def export(checkpoint: str, output: str | None, fmt: str, force: bool) -> tuple[
         ) from None
     if fmt == "hf":
         target = _default_output(source, fmt) if output is None else Path(output)
-        files = write_hf(obj, weights, source, target, force)
-        return target, f"{len(files)} files ({', '.join(files)}) in the Hugging Face layout, from the {what}", len(weights)
+        files, layout, count = write_hf(obj, weights, source, target, force, merge)
+        return target, f"{len(files)} files ({', '.join(files)}) {layout}, from the {what}", count
     target = output_path(source, output, fmt, force)
     try:
         if fmt == "safetensors":
@@ -160,11 +174,13 @@ def export(checkpoint: str, output: str | None, fmt: str, force: bool) -> tuple[
     return target, what, len(weights)
 
 
-def write_hf(obj: Any, weights: dict, source: Path, target: Path, force: bool) -> list[str]:
-    """The Hugging Face directory of a full checkpoint's weights; return the file names written."""
-    from models.hf import generation_config, model_for_export
+def write_hf(obj: Any, weights: dict, source: Path, target: Path, force: bool, merge: bool = False) -> tuple[list[str], str, int]:
+    """The Hugging Face directory of a full checkpoint's weights (of a LoRA checkpoint: a PEFT
+    adapter directory, or with `merge` the merged model); return (the file names written, what
+    layout they are in, how many tensors)."""
+    from models.hf import model_for_export
     from trainer.checkpoint import KEY_CONFIG
-    from trainer.checkpoint.hf_export import check_target, write_model_directory
+    from trainer.checkpoint.hf_export import check_target
     from trainer.errors import InputError
 
     check_target(target, force)  # before any work
@@ -175,6 +191,81 @@ def write_hf(obj: Any, weights: dict, source: Path, target: Path, force: bool) -
         )
     run_config = obj[KEY_CONFIG]
     model = model_for_export(run_config.get("model") or {}, f"checkpoint {source}")
+    lora = (run_config.get("train") or {}).get("lora")
+    if lora is None:
+        if merge:
+            raise InputError(f"--merge: checkpoint {source} holds no LoRA adapters (a full fine-tune); export it without --merge")
+        return write_model(obj, model, weights, source, target, force), "in the Hugging Face layout", len(weights)
+    base = _base_of(obj, source)
+    if not merge:
+        from trainer.checkpoint.hf_export import write_adapter_directory
+        from trainer.lora.peft import adapter_directory
+
+        config, tensors = adapter_directory(model, lora, weights, base.get("path"), str(source))
+        files = write_adapter_directory(target, config=config, tensors=tensors, force=force)
+        return files, "of a PEFT adapter directory (LoRA)", len(tensors)
+    from trainer.lora.peft import merged_weights
+
+    merged = merged_weights(model, lora, weights, read_base(model, run_config, base, source), str(source))
+    files = write_model(obj, model, merged, source, target, force)
+    return files, "in the Hugging Face layout, LoRA adapters merged into their base", len(merged)
+
+
+def _base_of(obj: dict, source: Path) -> dict:
+    """The `base: {path, sha256}` a LoRA checkpoint records; InputError when it has none."""
+    from trainer.checkpoint.frozen_base import KEY_BASE
+    from trainer.errors import InputError
+
+    base = obj.get(KEY_BASE)
+    if not isinstance(base, dict):
+        raise InputError(f"checkpoint {source}: its config has train.lora but it records no base; export a checkpoint Kiln wrote")
+    return base
+
+
+def read_base(model: Any, run_config: dict, base: dict, source: Path) -> dict:
+    """The weights of a LoRA checkpoint's frozen base, as `model`'s state dict, read again from the
+    path the checkpoint records once its sha256 is the recorded one (as pretrain_path reads it)."""
+    from trainer.checkpoint import read_weights
+    from trainer.checkpoint.frozen_base import weights_sha256
+    from trainer.checkpoint.hf_directory import is_model_directory, read_model_directory
+    from trainer.checkpoint.storage import is_url
+    from trainer.errors import InputError
+
+    path = base.get("path")
+    if path is None:
+        raise InputError(
+            f"--merge: checkpoint {source} was trained on the seed's initialisation (no pretrain_path), which no file "
+            "holds; export the adapters without --merge"
+        )
+    if not is_url(path) and not Path(path).expanduser().exists():
+        raise InputError(f"--merge: the base {path} of checkpoint {source} does not exist; restore it there, then export again")
+    digest = weights_sha256(path)
+    if digest != base.get("sha256"):
+        raise InputError(
+            f"--merge: checkpoint {source} was trained on the base {path} with sha256 {base.get('sha256')}, but {path} now has "
+            f"sha256 {digest}; restore the base the run was trained on, then export again"
+        )
+    if is_model_directory(path):
+        return read_model_directory(model, path, "base")
+    state = read_weights(path, run_config.get("pretrain_key", "auto"), run_config.get("pretrain_revise_keys") or [], what="base")
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state]
+    if missing:
+        raise InputError(
+            f"--merge: the base {path} of checkpoint {source} lacks {len(missing)} of the model's tensors (e.g. {missing[0]}); "
+            "restore the base the run was trained on, then export again"
+        )
+    return {key: state[key].to(expected[key].dtype) for key in expected}
+
+
+def write_model(obj: dict, model: Any, weights: dict, source: Path, target: Path, force: bool) -> list[str]:
+    """The Hugging Face model directory of `weights` (the state dict of `model`, the run's
+    architecture); return the file names written."""
+    from models.hf import generation_config
+    from trainer.checkpoint.hf_export import write_model_directory
+    from trainer.errors import InputError
+
+    run_config = obj["config"]
     expected = set(model.state_dict())
     if set(weights) != expected:
         differing = sorted(set(weights) ^ expected)[:3]
@@ -220,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.errors import REPORTED_ERRORS, report_error
 
     try:
-        target, what, count = export(args.checkpoint, args.output, args.format, args.force)
+        target, what, count = export(args.checkpoint, args.output, args.format, args.force, args.merge)
     except REPORTED_ERRORS as error:
         return report_error(error)
     except OSError as error:  # a full disk or a read-only folder: nothing was left under the final name

@@ -74,6 +74,7 @@ def describe(path: Path) -> tuple[list[tuple[str, str]], dict | None]:
             ("best", best_text(obj.get(KEY_BEST) or {})),
             ("parameters", tensor_summary(obj.get(KEY_MODEL) or {}, "model")),
             ("ema", "yes: the .pth beside it holds the EMA weights" if obj.get("ema") else "no"),
+            *_base_rows(obj),
         ]
         config = obj.get(KEY_CONFIG)
     elif isinstance(obj, dict) and set(obj) == {KEY_WEIGHTS}:
@@ -124,10 +125,23 @@ def _describe_sharded(path: Path) -> tuple[list[tuple[str, str]], dict | None]:
         ("iteration", str(state.get(KEY_ITERATION, "?"))),
         ("epoch", str(state.get(KEY_EPOCH, "?"))),
         ("best", best_text(state.get(KEY_BEST) or {})),
+        *_base_rows(state),
     ]
     if checksums is not None:  # complete and intact: the tensors can be read
         rows += [("parameters", _sharded_parameters(path, state)), ("checksums", checksums)]
     return rows, state.get(KEY_CONFIG)
+
+
+def _base_rows(obj: dict) -> list[tuple[str, str]]:
+    """The `base` row of a LoRA run's checkpoint (it holds the adapters; the frozen base is named
+    by path and sha256); none for a checkpoint that holds its whole model."""
+    from trainer.checkpoint.frozen_base import KEY_BASE
+
+    base = obj.get(KEY_BASE)
+    if not isinstance(base, dict):
+        return []
+    where = base.get("path") or "the seed's initialisation (no pretrain_path)"
+    return [("base", f"{where}, sha256 {base.get('sha256')} (frozen; the model entries are the LoRA adapters)")]
 
 
 def _sharded_status(path: Path) -> tuple[str, str | None]:

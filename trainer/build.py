@@ -1,6 +1,7 @@
 """Building a run's components from its config: the plugins that register them, then the
-model (spread over the processes by the parallel strategy), loss, metrics, reporters, data
-loaders, optimizer, scheduler, EMA and the optimizer step that ties them together.
+model (with LoRA adapters when train.lora asks, spread over the processes by the parallel
+strategy), loss, metrics, reporters, data loaders, optimizer, scheduler, EMA and the optimizer
+step that ties them together.
 
 The order of construction is fixed (model first, from the seed every rank shares; then the
 rest): the initial weights and every random draw after them depend on it.
@@ -24,6 +25,7 @@ from trainer.distributed.process import Distributed
 from trainer.distributed.strategy import SingleDevice, build_strategy
 from trainer.errors import InputError
 from trainer.evaluation.evaluator import MetricFn, Reporter, bind_metrics
+from trainer.lora import apply_run_lora
 from trainer.numerics import NonFiniteGuard
 from trainer.optim import build_optimizer, build_scheduler, steps_on_metric
 from trainer.registry import DATASETS, LOSSES, METRICS, MODELS, REPORTERS, build
@@ -70,6 +72,9 @@ class Components:
 def build_components(config: Config, dist: Distributed, device: torch.device) -> Components:
     """Every component of the run `config` describes, on `device`, in the fixed order."""
     model = _build_model(config, dist, device)
+    # train.lora (nothing without it): adapters wrapped in, the base frozen, the checkpoints told
+    # to keep the adapters only; before FSDP shards the model and before the optimizer sees it.
+    apply_run_lora(model, config)
     strategy = build_strategy(config.train.strategy, dist, ema=config.train.ema)
     strategy.prepare(model)  # before the optimizer: it must see FSDP's sharded parameters
     loss_fn = build(LOSSES, config.loss, key="loss")

@@ -35,10 +35,18 @@ def build_optimizer(spec: Component, model: nn.Module, device: torch.device) -> 
     model's step; the fused kernels compute the same update in one pass per tensor (torchtitan
     makes the same choice). `fused: false` or `foreach: ...` in the config keeps PyTorch's choice.
     `param_groups` in the spec splits the parameters into groups (see `param_groups`).
+
+    Only trainable parameters are given to it (`trainable_parameters`): a frozen one (the base
+    under LoRA) never changes and gets no optimizer state.
     """
     groups = spec.kwargs.get("param_groups")
     own = Component(spec.type, {key: value for key, value in spec.kwargs.items() if key != "param_groups"})
-    parameters = list(model.parameters())
+    parameters = [parameter for _, parameter in trainable_parameters(model)]
+    if not parameters:
+        raise InputError(
+            "config key optimizer: the model has no trainable parameters (every one has requires_grad=False); "
+            "leave some of them trainable"
+        )
     extra = {"fused": True} if _can_default_to_fused(own, parameters, device) else {}
     if groups is not None:
         optimizer = build(OPTIMIZERS, own, param_groups(own, groups, model), key="optimizer", **extra)
@@ -46,6 +54,12 @@ def build_optimizer(spec: Component, model: nn.Module, device: torch.device) -> 
         optimizer = build(OPTIMIZERS, own, parameters, key="optimizer", **extra)
     _name_parameters(optimizer, model)
     return optimizer
+
+
+def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(name, parameter) of every parameter of `model` that trains (requires_grad), as
+    `named_parameters` names them (a tied one once)."""
+    return [(name, parameter) for name, parameter in model.named_parameters() if parameter.requires_grad]
 
 
 # The param-group key that names the group's parameters, in order: torch.optim's own (its
@@ -74,7 +88,7 @@ def configured_selection(optimizer: dict[str, Any], model: nn.Module) -> list[li
     """The parameter names of each param group that the config section `optimizer` (a plain dict,
     as a checkpoint's config holds it) builds over `model`; None when it no longer builds."""
     groups = optimizer.get("param_groups")
-    names = [name for name, _ in model.named_parameters()]
+    names = [name for name, _ in trainable_parameters(model)]
     if groups is None:
         return [names]
     arguments = {key: value for key, value in optimizer.items() if key not in ("type", "param_groups")}
@@ -83,7 +97,7 @@ def configured_selection(optimizer: dict[str, Any], model: nn.Module) -> list[li
         built = param_groups(spec, groups, model)
     except InputError:  # a group this Kiln refuses: nothing to compare with
         return None
-    by_id = {id(parameter): name for name, parameter in model.named_parameters()}
+    by_id = {id(parameter): name for name, parameter in trainable_parameters(model)}
     return [[by_id[id(parameter)] for parameter in group["params"]] for group in built]
 
 
@@ -141,8 +155,8 @@ class GroupSelector:
 def param_groups(spec: Component, groups: Any, model: nn.Module) -> list[dict[str, Any]]:
     """torch.optim param groups for `optimizer.param_groups`: the default group first, then the config's.
 
-    A parameter (named as `model.named_parameters()` names it, so a tied weight appears once)
-    goes to the first config group that selects it; the others form the default group, which
+    A trainable parameter (named as `model.named_parameters()` names it, so a tied weight appears
+    once; a frozen one is left out) goes to the first config group that selects it; the others form the default group, which
     takes the top-level settings. A group that selects none of the model's parameters is an
     error (almost always a typo in its pattern); one whose parameters all went to earlier groups
     is left out, as is an empty default group (a catch-all such as `max_ndim: 1` after a name
@@ -155,7 +169,7 @@ def param_groups(spec: Component, groups: Any, model: nn.Module) -> list[dict[st
         )
     accepted = _group_arguments(spec)
     parsed = [_parse_group(group, f"optimizer.param_groups[{index}]", accepted) for index, group in enumerate(groups)]
-    named = list(model.named_parameters())
+    named = trainable_parameters(model)
     members: list[list[torch.Tensor]] = [[] for _ in parsed]
     rest = []
     for name, parameter in named:

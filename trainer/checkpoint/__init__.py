@@ -13,6 +13,8 @@
 - `storage.py`: local directories and fsspec URLs behind the same few operations.
 - `weight_files.py`: safetensors files and Hugging Face sharded indexes.
 - `restore.py`: where a run starts: resume a checkpoint, or load pretrained weights.
+- `frozen_base.py`: a model that trains only part of itself on a frozen base (LoRA): which keys
+  its checkpoints hold, and the base's identity (`base: {path, sha256}`) checked on resume.
 
 May import trainer.config, trainer.distributed, trainer.optim, trainer.errors and utils; never
 the Trainer, the Logger or the guards. Every read is `torch.load(weights_only=True)` or

@@ -9,7 +9,8 @@ models/), and only strictly:
 - the directory's config.json must describe the model being trained (same sizes, RoPE, ...);
   a difference is an InputError naming the key;
 - every tensor must map onto one of the model's (`model.hf_import` renames or transposes it,
-  or drops a buffer old files kept), with the model's shape; every model tensor must be filled;
+  or drops a buffer old files kept), with the model's shape; every model tensor must be filled
+  (but the trained tensors of a model on a frozen base, LoRA's adapters: the run initialises them);
 - a tied head (one Parameter under two names) is filled by either name; a file that stores
   both with different values contradicts the tie its config declares: an InputError, never a
   silent overwrite of one by the other.
@@ -21,12 +22,14 @@ shard are in memory (never two full copies).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from trainer.checkpoint import weight_files
+from trainer.checkpoint.frozen_base import pretrained_keys
 from trainer.checkpoint.loading import LoadReport
 from trainer.distributed.strategy import SingleDevice
 from trainer.errors import InputError
@@ -44,14 +47,43 @@ def load_model_directory(model: nn.Module, directory: str | Path, strategy: Sing
     """Load the weights of `directory` into `model` strictly (see the module docstring); return a log note."""
     folder = Path(directory).expanduser()
     source = f"pretrain_path {folder}"
+    loaded: set[str] = set()
+    for part in _shard_parts(model, folder, "pretrain_path"):
+        (strategy or SingleDevice()).load_model_state(model, part)
+        loaded |= part.keys()
+        del part  # one shard at a time
+    _check_complete(model, loaded, source)
+    return f"loaded pretrained weights from {folder} (Hugging Face layout, {len(loaded)} tensors)"
+
+
+def read_model_directory(model: nn.Module, directory: str | Path, what: str = "pretrain_path") -> dict[str, torch.Tensor]:
+    """The weights of `directory` as `model`'s state dict (its keys and dtypes, a tied key under
+    each of its names) in host memory, checked as strictly as `load_model_directory` checks them:
+    for merging LoRA adapters into their base at export. `model` may be on the meta device."""
+    folder = Path(directory).expanduser()
+    source = f"{what} {folder}"
+    tensors: dict[str, torch.Tensor] = {}
+    for part in _shard_parts(model, folder, what):
+        tensors.update(part)
+    _check_complete(model, set(tensors), source)
+    for key, others in weight_files.tied_aliases(model).items():
+        if key not in tensors:  # save_pretrained stores a tied tensor once
+            tensors[key] = tensors[next(iter(others & tensors.keys()))]
+    return {key: tensors[key] for key in model.state_dict() if key in tensors}
+
+
+def _shard_parts(model: nn.Module, folder: Path, what: str) -> Iterator[dict[str, torch.Tensor]]:
+    """The directory's tensors, one shard at a time, as {model key: tensor in the model's dtype},
+    each checked against the model (name, shape, ties); the config.json is checked first. `what`
+    names the option the directory was given as (pretrain_path) in errors."""
+    source = f"{what} {folder}"
     _check_config(model, folder, source)
     own = model.state_dict()
     aliases = weight_files.tied_aliases(model)
     tied_seen: dict[str, torch.Tensor] = {}  # tied tensors as the file holds them, to compare the other name's
-    loaded: set[str] = set()
-    for shard, names in weight_files.shard_plan(folder, "pretrain_path"):
+    for shard, names in weight_files.shard_plan(folder, what):
         part: dict[str, torch.Tensor] = {}
-        for name, tensor in weight_files.read_tensors(shard, names, "pretrain_path"):
+        for name, tensor in weight_files.read_tensors(shard, names, what):
             mapped = model.hf_import(name, tensor)
             if mapped is None:
                 continue  # not a weight (a buffer old files kept)
@@ -59,16 +91,22 @@ def load_model_directory(model: nn.Module, directory: str | Path, strategy: Sing
             _check_tensor(key, name, tensor, own, shard, source)
             _check_tie(key, tensor, aliases, tied_seen, source)
             part[key] = tensor.to(own[key].dtype)
-        (strategy or SingleDevice()).load_model_state(model, part)
-        loaded |= part.keys()
-        del part  # one shard at a time
-    missing = LoadReport.compare({key: () for key in own}, {key: () for key in loaded}, aliases).missing
+        yield part
+
+
+def _check_complete(model: nn.Module, loaded: set[str], source: str) -> None:
+    """Every tensor of the model must have come from the directory (a tied one under either name),
+    but the trained tensors of a model on a frozen base (LoRA's adapters): the run initialises them."""
+    own = model.state_dict()
+    wanted = pretrained_keys(model, own)
+    wanted = list(own) if wanted is None else wanted
+    aliases = weight_files.tied_aliases(model)
+    missing = LoadReport.compare({key: () for key in wanted}, {key: () for key in loaded}, aliases).missing
     if missing:
         raise InputError(
             f"{source} lacks {len(missing)} of the model's tensors (e.g. {', '.join(missing[:3])}); the weights are "
             "incomplete: download every file of the model again"
         )
-    return f"loaded pretrained weights from {folder} (Hugging Face layout, {len(loaded)} tensors)"
 
 
 def _check_config(model: nn.Module, folder: Path, source: str) -> None:

@@ -11,6 +11,10 @@ The directory holds what `transformers.AutoModelForCausalLM.from_pretrained` and
 - `generation_config.json`;
 - the tokenizer's files when the run used an `hf` tokenizer (copied as they are).
 
+A LoRA run's adapters are written as a PEFT adapter directory instead (`write_adapter_directory`:
+`adapter_config.json` and `adapter_model.safetensors`, what `peft.PeftModel.from_pretrained`
+reads; their content is trainer/lora/peft.py's).
+
 Everything is written into a hidden temporary directory beside the target and renamed into
 place once complete, so a reader never sees half a model and an interrupted export leaves no
 target. An existing target is replaced only with `force` (the old one is removed only after the
@@ -22,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +38,8 @@ from trainer.errors import InputError
 MAX_SHARD_BYTES = 5 * 1024**3
 CONFIG_NAME = "config.json"
 GENERATION_CONFIG_NAME = "generation_config.json"
+ADAPTER_CONFIG_NAME = "adapter_config.json"  # peft's CONFIG_NAME
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"  # peft's SAFETENSORS_WEIGHTS_NAME
 
 
 def write_model_directory(
@@ -45,19 +52,43 @@ def write_model_directory(
     force: bool,
 ) -> list[str]:
     """Write the directory atomically (see the module docstring); return the file names written."""
+
+    def fill(staging: Path) -> None:
+        contiguous = {key: value.detach().contiguous() for key, value in sorted(tensors.items())}
+        dtypes = {str(value.dtype).removeprefix("torch.") for value in contiguous.values() if value.is_floating_point()}
+        _write_json(staging / CONFIG_NAME, {**config, "dtype": dtypes.pop() if len(dtypes) == 1 else "float32"})
+        _write_weights(staging, contiguous, MAX_SHARD_BYTES)
+        if generation_config is not None:
+            _write_json(staging / GENERATION_CONFIG_NAME, generation_config)
+        for file in tokenizer_files:
+            shutil.copyfile(file, staging / file.name)
+
+    return _write_staged(target, force, fill)
+
+
+def write_adapter_directory(target: Path, *, config: dict[str, Any], tensors: dict[str, torch.Tensor], force: bool) -> list[str]:
+    """Write a PEFT adapter directory atomically, as the model directory is: `adapter_config.json`
+    (`config`) and `adapter_model.safetensors` (`tensors`, keyed as PEFT saves them); return the
+    file names written."""
+    from safetensors.torch import save_file
+
+    def fill(staging: Path) -> None:
+        _write_json(staging / ADAPTER_CONFIG_NAME, config)
+        contiguous = {key: value.detach().contiguous() for key, value in sorted(tensors.items())}
+        save_file(contiguous, staging / ADAPTER_WEIGHTS_NAME, metadata={"format": "pt"})
+
+    return _write_staged(target, force, fill)
+
+
+def _write_staged(target: Path, force: bool, fill: Callable[[Path], None]) -> list[str]:
+    """Let `fill` write into a hidden staging directory beside `target`, then rename it into
+    place (an existing target only with `force`); return the file names written."""
     check_target(target, force)
     staging = target.parent / f".{target.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)  # a previous export of this process that died half-way
     staging.mkdir()
     try:
-        tensors = {key: value.detach().contiguous() for key, value in sorted(tensors.items())}
-        dtypes = {str(value.dtype).removeprefix("torch.") for value in tensors.values() if value.is_floating_point()}
-        _write_json(staging / CONFIG_NAME, {**config, "dtype": dtypes.pop() if len(dtypes) == 1 else "float32"})
-        _write_weights(staging, tensors, MAX_SHARD_BYTES)
-        if generation_config is not None:
-            _write_json(staging / GENERATION_CONFIG_NAME, generation_config)
-        for file in tokenizer_files:
-            shutil.copyfile(file, staging / file.name)
+        fill(staging)
         names = sorted(path.name for path in staging.iterdir())
         _replace(staging, target)
     finally:

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from trainer.checkpoint.frozen_base import KEY_BASE, frozen_base_of, only_checkpointed
 from trainer.distributed.strategy import SingleDevice
 
 FORMAT_VERSION = 1
@@ -71,8 +72,19 @@ class TrainingState:
         return self.ema.module if self.ema is not None else self.model
 
     def export_weights(self) -> dict[str, torch.Tensor]:
-        """The .pth weights with clean keys (under FSDP gathered: every rank calls it)."""
-        return clean_state_dict(self.strategy.model_state(self.export_model()))
+        """The .pth weights with clean keys (under FSDP gathered: every rank calls it); of a model
+        trained on a frozen base (LoRA), only the trained tensors."""
+        return only_checkpointed(self.model, clean_state_dict(self.strategy.model_state(self.export_model())))
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        """The model state a full checkpoint holds, clean keys (under FSDP gathered: every rank
+        calls it); of a model trained on a frozen base (LoRA), only the trained tensors."""
+        return only_checkpointed(self.model, clean_state_dict(self.strategy.model_state(self.model)))
+
+    def base_identity(self) -> dict[str, str | None] | None:
+        """The frozen base's `{path, sha256}` a checkpoint records, or None for a model trained whole."""
+        base = frozen_base_of(self.model)
+        return None if base is None else base.identity()
 
 
 def make_checkpoint(
@@ -82,11 +94,14 @@ def make_checkpoint(
     scheduler_state: dict[str, Any] | None,
     trainer_state: dict[str, Any],
     config: dict[str, Any],
+    base: dict[str, str | None] | None = None,
 ) -> dict[str, Any]:
     """Build the full .pt checkpoint. Its layout (format_version 1):
 
     format_version  int, FORMAT_VERSION
-    model           the model's state dict, keys free of `module.`/`_orig_mod.`
+    model           the model's state dict, keys free of `module.`/`_orig_mod.` (a run that
+                    trains on a frozen base, LoRA: only the trained tensors, the adapters)
+    base            only then: {path, sha256} of the frozen base (trainer/checkpoint/frozen_base.py)
     optimizer       optimizer.state_dict() (under FSDP: the whole state keyed by parameter name)
     scheduler       scheduler.state_dict(), or None without a scheduler
     config          the resolved config as a plain dict
@@ -95,7 +110,7 @@ def make_checkpoint(
     best_metrics    {metric: value, "iteration": N} or {} } resume needs (sampler position,
     ...                                                     RNG states)
     """
-    return {
+    checkpoint = {
         KEY_FORMAT: FORMAT_VERSION,
         KEY_MODEL: model_state,
         KEY_OPTIMIZER: optimizer_state,
@@ -103,6 +118,9 @@ def make_checkpoint(
         KEY_CONFIG: config,
         **trainer_state,
     }
+    if base is not None:  # absent otherwise: a full fine-tune's checkpoint is as it always was
+        checkpoint[KEY_BASE] = base
+    return checkpoint
 
 
 def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

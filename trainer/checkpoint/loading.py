@@ -6,6 +6,7 @@ resume, pretrain, the tools and the sharded format's check of a checkpoint again
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import torch
@@ -66,15 +67,25 @@ def load_model_state(
     source: str,
     fix: str = DEFAULT_FIX,
     strategy: SingleDevice | None = None,
+    expected: Collection[str] | None = None,
 ) -> LoadReport:
     """Load `state` into `model` (spread over the processes as `strategy` says; default one
     process). strict: any difference is an InputError naming the first keys and saying `fix`;
-    otherwise the matching tensors load and the report lists the rest."""
+    otherwise the matching tensors load and the report lists the rest, and a state of which no
+    tensor loads is an InputError all the same (nothing would be fine-tuned from it).
+
+    `expected`: the model's keys `state` is to fill (default all): a model trained on a frozen
+    base (trainer/checkpoint/frozen_base.py) takes its base from a pretrain file and its trained
+    tensors from its own checkpoints; a key outside them counts as unexpected in `state`.
+    """
     own = model.state_dict()
+    wanted = shapes(own) if expected is None else {key: tuple(own[key].shape) for key in own if key in expected}
     # a tied key the file omits loads through its alias
-    report = LoadReport.compare(shapes(own), shapes(state), aliases=weight_files.tied_aliases(model))
+    report = LoadReport.compare(wanted, shapes(state), aliases=weight_files.tied_aliases(model))
     if report and strict:
         raise InputError(f"{source} does not match the model ({report.describe()}); {fix}")
-    matching = {key: value for key, value in state.items() if key in own and value.shape == own[key].shape}
+    matching = {key: value for key, value in state.items() if key in wanted and tuple(value.shape) == wanted[key]}
+    if state and not matching:
+        raise InputError(f"{source} holds none of the model's tensors ({report.describe()}); {fix}")
     (strategy or SingleDevice()).load_model_state(model, matching)
     return report

@@ -13,6 +13,8 @@ from torch import nn
 
 from trainer.checkpoint import hf_directory
 from trainer.checkpoint.formats import format_of
+from trainer.checkpoint.frozen_base import ADAPTER_KEY, KEY_BASE, FrozenBase, frozen_base_of, pretrained_keys
+from trainer.checkpoint.hf_export import ADAPTER_CONFIG_NAME
 from trainer.checkpoint.layout import KEY_CONFIG, KEY_ITERATION, KEY_OPTIMIZER, KEY_SCHEDULER, TrainingState
 from trainer.checkpoint.loading import load_model_state
 from trainer.checkpoint.manager import CheckpointManager
@@ -64,6 +66,7 @@ def restore_components(checkpoint: dict[str, Any], path: Path | str, *, config: 
     iteration instead of loaded.
     """
     checkpoint_format = format_of(path)
+    restore_base(checkpoint, path, config=config, state=state)
     checkpoint_format.load_model(checkpoint, path, state)
     saved_optimizer = checkpoint[KEY_CONFIG].get("optimizer", {}).get("type")
     if saved_optimizer != config.optimizer.type:
@@ -88,6 +91,42 @@ def restore_components(checkpoint: dict[str, Any], path: Path | str, *, config: 
             "resume with the optimizer the run was started with"
         ) from None
     return take_over_schedule
+
+
+def restore_base(checkpoint: dict[str, Any], path: Path | str, *, config: Config, state: TrainingState) -> None:
+    """For a run that trains on a frozen base (LoRA), whose checkpoint holds only the trained
+    tensors: load the base again from the config's pretrain_path, once its hash is the one the
+    checkpoint recorded. InputError, before anything is loaded, for another base, or when the
+    checkpoint and the config disagree on whether the model trains whole."""
+    base, saved = frozen_base_of(state.model), checkpoint.get(KEY_BASE)
+    if base is None and saved is None:
+        return
+    if saved is None:
+        raise InputError(
+            f"resume_path {path} holds a whole model, but the config trains adapters on a frozen base (train.lora); "
+            "resume without train.lora, or start a LoRA run from those weights with pretrain_path"
+        )
+    if base is None:
+        raise InputError(
+            f"resume_path {path} holds only the adapters of a LoRA run (base {saved.get('path')}), but the config trains "
+            "the whole model; resume with the run's train.lora"
+        )
+    if saved.get("sha256") != base.sha256:
+        raise InputError(_other_base(path, saved, base))
+    load_pretrained(state.model, config, state.strategy)
+
+
+def _other_base(path: Path | str, saved: dict[str, Any], base: FrozenBase) -> str:
+    """The error of a resume whose pretrain_path holds another base than the checkpoint was trained on."""
+
+    def named(where: Any, digest: Any) -> str:
+        return f"{where} (sha256 {digest})" if where is not None else "the seed's initialisation (no pretrain_path)"
+
+    return (
+        f"resume_path {path} was trained on the base {named(saved.get('path'), saved.get('sha256'))}, but pretrain_path "
+        f"is {named(base.path, base.sha256)}, another base; set pretrain_path to the base the run was trained on "
+        "(its adapters mean nothing on other weights)"
+    )
 
 
 def check_group_selection(checkpoint: dict[str, Any], state: TrainingState, path: Path | str) -> None:
@@ -219,13 +258,42 @@ def _processes(count: int) -> str:
 
 
 def load_pretrained(model: nn.Module, config: Config, strategy: SingleDevice | None = None) -> list[str]:
-    """Load model weights from `pretrain_path` (fresh optimizer, iteration 0); return log notes."""
+    """Load model weights from `pretrain_path` (fresh optimizer, iteration 0); return log notes.
+
+    Of a model trained on a frozen base (LoRA) the file fills the base: the trained tensors are
+    initialised by the run and need not be in it (trainer/checkpoint/frozen_base.py).
+    """
     if not config.pretrain_path:
         return []
+    _refuse_adapter_directory(config.pretrain_path)
     if hf_directory.is_model_directory(config.pretrain_path):  # a published model: strict, shard by shard
         return [hf_directory.load_model_directory(model, config.pretrain_path, strategy)]
     state = read_weights(config.pretrain_path, config.pretrain_key, config.pretrain_revise_keys)
     source = f"pretrain_path {config.pretrain_path}"
-    report = load_model_state(model, state, strict=config.strict_load, source=source, strategy=strategy)
+    own = model.state_dict()
+    _refuse_adapters(state, own, source)
+    expected = pretrained_keys(model, own)
+    report = load_model_state(model, state, strict=config.strict_load, source=source, strategy=strategy, expected=expected)
     message = f"loaded pretrained weights from {config.pretrain_path}"
     return [f"{message}; not loaded: {report.describe()}" if report else message]
+
+
+def _refuse_adapters(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], source: str) -> None:
+    """InputError for a file of LoRA adapters (`<module>.lora_A.weight`, ...) given as the weights
+    of a model that has no such tensors: it is not a model, and would load nothing or fail late."""
+    adapters = [key for key in state if ADAPTER_KEY.search(key) and key not in own]
+    if adapters:
+        raise InputError(
+            f"{source} holds LoRA adapters (e.g. {adapters[0]}), not a model's weights; set pretrain_path to the base model "
+            "(and train.lora to train adapters), or export merged weights with tools/export.py CHECKPOINT --format hf --merge"
+        )
+
+
+def _refuse_adapter_directory(location: str) -> None:
+    """InputError for a PEFT adapter directory (adapter_config.json) given as pretrain_path."""
+    path = Path(location).expanduser()
+    if path.is_dir() and (path / ADAPTER_CONFIG_NAME).is_file() and not hf_directory.is_model_directory(path):
+        raise InputError(
+            f"pretrain_path {path} is a PEFT adapter directory, not a model's weights; set pretrain_path to its base model, "
+            "or export merged weights with tools/export.py CHECKPOINT --format hf --merge"
+        )

@@ -102,6 +102,30 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class LoraConfig:
+    """LoRA adapters (trainer/lora/): the base model is frozen, only low-rank updates of the
+    `targets` train. Absent or null `train.lora`: full fine-tuning."""
+
+    rank: int = field(metadata=POSITIVE_INT)
+    """r, the rank of each update B @ A (A: r x in, B: out x r)."""
+    alpha: float = field(metadata=POSITIVE_FLOAT)
+    """The update is scaled by alpha / rank (PEFT's lora_alpha)."""
+    targets: list[str]
+    """Names of the nn.Linear layers to adapt, matched as PEFT's target_modules list is: a name
+    matches every layer whose full name is it or ends in `.<name>` (q_proj: every ...q_proj)."""
+    dropout: float = field(default=0.0, metadata=_check(lambda v: 0 <= v < 1, "a probability in [0, 1) such as 0.05"))
+    """Dropout on the adapters' input (PEFT's lora_dropout); 0 turns it off."""
+
+    def __post_init__(self) -> None:
+        """At least one target, each a module name."""
+        if not self.targets or not all(self.targets):
+            raise InputError(
+                f"config key train.lora.targets: got {self.targets!r}, expected a non-empty list of module names such "
+                "as [q_proj, v_proj]"
+            )
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """The training loop."""
 
@@ -129,6 +153,17 @@ class TrainConfig:
     """What a non-finite loss or gradient does."""
     max_skipped: int = field(default=10, metadata=POSITIVE_INT)
     """With nan_policy skip: this many skipped steps in a row stop the run."""
+    lora: LoraConfig | None = None
+    """LoRA adapters on a frozen base ({rank, alpha, targets, dropout}); null: full fine-tuning."""
+
+    def __post_init__(self) -> None:
+        """Settings that do not go together."""
+        if self.lora is not None and self.ema is not None:
+            # AveragedModel copies the whole model: every checkpoint would carry a second, frozen base.
+            raise InputError(
+                "config key train.ema: EMA is not supported with train.lora (it would average, and save, a copy of the "
+                "frozen base too); drop train.ema or train.lora"
+            )
 
 
 @dataclass(frozen=True)

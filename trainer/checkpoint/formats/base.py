@@ -4,9 +4,15 @@ A format knows how one checkpoint is laid out on storage: how to write it from t
 objects (`save`, every rank), when one in a listing is complete, how to read it back, how to
 remove it, and how to load its tensors into the live model and optimizer on resume. The
 manager keeps the policy (names, schedule, latest, prune, archive) and never asks which format
-it holds; a new format (adapter-only checkpoints, say) is a new class here. Formats never
-import the manager: what they need from it (the experiment's name, the storage, the prune to
-run once a save is complete, what to do once a tag is saved) is handed to them.
+it holds; a new format is a new class here.
+
+Which part of the model a checkpoint holds is not a format's choice: every format takes the
+model state from `TrainingState` (`model_state`, `export_weights`) and loads the keys
+`frozen_base.checkpointed_keys` names, which leave out the frozen base of a LoRA run
+(trainer/checkpoint/frozen_base.py); so adapter-only checkpoints come in either format.
+
+Formats never import the manager: what they need from it (the experiment's name, the storage,
+the prune to run once a save is complete, what to do once a tag is saved) is handed to them.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ from typing import Any
 
 from trainer.checkpoint.files import load_file
 from trainer.checkpoint.formats.base import CheckpointFormat, OnWritten
-from trainer.checkpoint.layout import KEY_MODEL, KEY_OPTIMIZER, TrainingState, clean_state_dict, make_checkpoint
+from trainer.checkpoint.frozen_base import checkpointed_keys
+from trainer.checkpoint.layout import KEY_MODEL, KEY_OPTIMIZER, TrainingState, make_checkpoint
 from trainer.checkpoint.loading import load_model_state
 from trainer.checkpoint.optimizer_keys import rekeyed
 from trainer.checkpoint.storage import Entry, Storage
@@ -74,9 +75,18 @@ class FileFormat(CheckpointFormat):
 
     @classmethod
     def load_model(cls, checkpoint: dict[str, Any], location: Path | str, state: TrainingState) -> None:
-        """The whole state dict, strictly, into the live model (FSDP: sharded onto every rank)."""
+        """The whole state dict, strictly, into the live model (FSDP: sharded onto every rank); of a
+        model trained on a frozen base (LoRA), exactly its trained tensors (restore loaded the base)."""
         source = f"resume_path {location}"
-        load_model_state(state.model, checkpoint[KEY_MODEL], strict=True, source=source, fix=RESUME_FIX, strategy=state.strategy)
+        load_model_state(
+            state.model,
+            checkpoint[KEY_MODEL],
+            strict=True,
+            source=source,
+            fix=RESUME_FIX,
+            strategy=state.strategy,
+            expected=checkpointed_keys(state.model),
+        )
 
     @classmethod
     def load_optimizer(cls, checkpoint: dict[str, Any], location: Path | str, state: TrainingState) -> None:
@@ -93,9 +103,10 @@ def full_checkpoint(state: TrainingState) -> dict[str, Any]:
     """The whole .pt checkpoint of `state` (layout: make_checkpoint), gathered onto the host
     under FSDP; every rank calls it, in this order (the gathers are collectives)."""
     return make_checkpoint(
-        model_state=clean_state_dict(state.strategy.model_state(state.model)),
+        model_state=state.model_state(),
         optimizer_state=state.strategy.optimizer_state(state.model, state.optimizer),
         scheduler_state=state.scheduler_state(),
         trainer_state=state.loop.state_dict(),
         config=state.config,
+        base=state.base_identity(),
     )

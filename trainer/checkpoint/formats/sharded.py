@@ -21,6 +21,7 @@ from typing import Any
 from trainer.checkpoint import dcp
 from trainer.checkpoint.formats.base import CheckpointFormat, OnWritten
 from trainer.checkpoint.formats.file import RESUME_FIX
+from trainer.checkpoint.frozen_base import only_checkpointed
 from trainer.checkpoint.layout import KEY_OPTIMIZER, KEY_WEIGHTS, TrainingState, make_checkpoint
 from trainer.checkpoint.loading import LoadReport, shapes
 from trainer.checkpoint.storage import Entry, Storage
@@ -147,20 +148,26 @@ class ShardedFormat(CheckpointFormat):
         then the optimizer's param groups."""
         path = Path(location)
         template, _ = state.strategy.sharded_state(state.model, state.optimizer, state.ema)
-        _check_model_keys(path, template)
-        dcp.load_tensors(path, template)
+        # What the checkpoint holds: of a model on a frozen base (LoRA), the trained tensors only.
+        # They are the template's own tensor objects, so loading them fills the template, whose
+        # frozen entries are the base restore has just loaded: set back as they are.
+        stored = {**template, "model": only_checkpointed(state.model, template["model"])}
+        _check_model_keys(path, stored)
+        dcp.load_tensors(path, stored)
         state.strategy.load_sharded_state(state.model, state.optimizer, state.ema, template, checkpoint[KEY_OPTIMIZER])
 
 
 def sharded_parts(state: TrainingState) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the tensors this rank holds, for DCP; everything else, for rank 0's kiln_state.pt)."""
     tensors, optimizer_rest = state.strategy.sharded_state(state.model, state.optimizer, state.ema)
+    tensors["model"] = only_checkpointed(state.model, tensors["model"])  # LoRA: the adapters, not the frozen base
     small = make_checkpoint(
         model_state={},  # in the DCP tensors, as are the optimizer's and the EMA's
         optimizer_state=optimizer_rest,
         scheduler_state=state.scheduler_state(),
         trainer_state={**state.loop.state_dict(), "ema": None},
         config=state.config,
+        base=state.base_identity(),
     )
     return tensors, small
 
