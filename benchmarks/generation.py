@@ -24,9 +24,10 @@ Only the CPU is measured (the script was written where no GPU was lent).
 
     python benchmarks/generation.py [--prompt 16] [--new 64] [--repeats 3] [--model all|llama|gpt2] [--threads N] [--quick]
 
-The defaults take about 2 minutes on 2 idle cores, most of it the uncached runs. `--quick` is a smoke
-run with small models (2 layers, vocabulary 2048). On a shared machine, `--threads 1` keeps other
-processes' load from multiplying the times (two threads on two busy cores wait for each other).
+The defaults took 3 min 20 s with `--threads 1` while other work shared the 2 cores (load average 4),
+most of it in the uncached runs. `--quick` is a smoke run with small models (2 layers, vocabulary
+2048). On a shared machine, `--threads 1` keeps other processes' load from multiplying the times
+(two threads on two busy cores wait for each other).
 """
 
 from __future__ import annotations

@@ -3,10 +3,11 @@
 The model is SmolLM2-135M's shape with random weights (width 576, 9 query heads sharing 3 KV heads
 of 64, SwiGLU 1536, RMSNorm eps 1e-5, RoPE theta 1e5, tied embeddings) written once by
 transformers' `save_pretrained` into a scratch directory. The full shape (30 layers, vocabulary
-49152) takes about 50 s per step of 4 x 256 tokens in fp32 on the 2 cores this was written on,
-so the default is a smaller model of the same width and heads: 4 layers and a vocabulary of
-8192 (`--layers 30 --vocab 49152` for the real one: about 3 s per step of 4 x 128 tokens on 2 idle
-cores, 6 to 7 minutes with `--repeats 3`). Three contenders train it from the same
+49152: `--layers 30 --vocab 49152`) takes about 6 s per step of 4 x 128 tokens in fp32 on one core
+of the machine this was written on (3 s on two idle ones, several times that when other work shares
+them), so that its run of the three contenders (`--steps 4 --warmup 1 --repeats 3 --threads 1`)
+takes 7 to 9 minutes; the default is a smaller model of the same width and heads, 4 layers and a
+vocabulary of 8192, for more steps and repeats in less time. Three contenders train it from the same
 weights, on the same batch at every step (`--batch` rows of `--seq` + 1 random token ids from a
 fixed seed: inputs the first `--seq`, targets the same shifted by one), for the same steps, with
 the same optimizer: AdamW, lr 1e-4, betas (0.9, 0.95), eps 1e-8, weight decay 0.1 except for
@@ -37,7 +38,9 @@ log and checkpoint are not. tokens/s = timed steps x batch x seq / seconds. Both
 the process's CPU time (time.process_time: every thread's) are read at those two points; on a shared
 machine the wall clock also counts the time other processes took the cores, the CPU clock does not
 (with one thread, `--threads 1`, it counts the work alone; with more, also OpenMP's spinning when a
-thread waits for a descheduled one), so both are printed: tokens/s and tokens per CPU-second.
+thread waits for a descheduled one), so both are printed: tokens/s and tokens per CPU-second, with
+the page faults and context switches of a timed step (getrusage; involuntary switches are other
+processes taking the core).
 
 Peak memory: each contender runs in its own process (`--side`), one process per run, and
 reports `resource.getrusage(RUSAGE_SELF).ru_maxrss` (the peak resident set of the process: Python,
