@@ -183,7 +183,9 @@ def test_a_preemption_during_an_async_write_requeues_the_array_task_once_every_f
     stopped = run_train(workdir, "-c", str(config), "checkpoint.async=true", env=env)
     assert stopped.returncode == 128 + signal.SIGUSR1, stopped.stderr[-2000:]
     stopped_at = _stopped_at(stopped.stdout, signal.SIGUSR1)
-    assert stopped_at > 10 and _newest_checkpoint(workdir) == stopped_at and _sent(workdir) == ["SIGUSR1"]
+    # the signal lands while iteration 10's files are written in the background: the stop is at
+    # that step boundary or a later one (a loaded machine may reach the boundary first)
+    assert stopped_at >= 10 and _newest_checkpoint(workdir) == stopped_at and _sent(workdir) == ["SIGUSR1"]
     calls = (workdir / "scontrol_calls").read_text().split()
     assert calls[:2] == ["requeue", "70_1"]
     assert f"tiny_iter_{stopped_at}.pt" in calls  # asked once the stop's checkpoint was written

@@ -24,10 +24,13 @@ sys.path.insert(0, {repo!r})
 from trainer.guards.runlock import RunLock
 lock = RunLock("tiny", [{directory!r}])
 lock.acquire()
+ready, running = os.pipe()
 child = os.fork()
 if child == 0:
+    os.write(running, b"x")  # fork has returned here, so its at-fork hooks have run
     time.sleep(60)
     os._exit(0)
+os.read(ready, 1)  # a loaded machine may not have scheduled the child yet: wait until it runs
 print(os.getpid(), child, flush=True)
 time.sleep(600)
 """
