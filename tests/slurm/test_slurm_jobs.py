@@ -6,7 +6,9 @@ rank, `--requeue`, the log appended. The tests signal the job as SLURM does befo
 (`scancel --signal=USR1 JOBID`: without `--batch`/`--full` it reaches every process of the job's
 steps, where Kiln runs, and not the batch shell, which is what `#SBATCH --signal=USR1@120`
 does) or at preemption (SIGTERM). A requeued job waits for its BeginTime (about two minutes);
-the tests release it at once with `scontrol update jobid=N StartTime=now`.
+the tests release it sooner with `scontrol update jobid=N StartTime=now`, though never within the
+second of the requeue: slurmd revokes the old start's credential at that second's resolution, and
+a new start in the same second is killed as "Job credential revoked" (SLURM's delay is for that).
 
 The reference is `srun -n 2 python train.py` on the same config, uninterrupted; every other run
 must end bitwise equal to it.
@@ -34,6 +36,8 @@ TOTAL = 40
 # Each step sleeps this long in the signalled jobs (the plugin below), so that the signal sent
 # once the first checkpoint exists lands well before the last iteration.
 STEP_SLEEP_S = "0.1"
+# slurmd's credential revocation has a resolution of one second: two are a safe gap.
+REQUEUE_CREDENTIAL_GAP_S = 2
 
 SLOW_STEPS_PLUGIN = """
 import os
@@ -122,6 +126,13 @@ def _signal_after_first_checkpoint(slurm, workdir: Path, job: str, name: str) ->
     slurm.run("scancel", f"--signal={name}", job)
 
 
+def _release_requeued(slurm, job: str) -> None:
+    """Start the requeued `job` now rather than at its BeginTime, two seconds after it was
+    requeued at the earliest (see the module docstring: a start within the same second fails)."""
+    time.sleep(REQUEUE_CREDENTIAL_GAP_S)
+    slurm.run("scontrol", "update", f"jobid={job}", "StartTime=now")
+
+
 def _stop_iteration(log: str, signum: int) -> int:
     found = re.findall(rf"stopped by signal {signum} at iteration (\d+); checkpoint saved", log)
     assert len(found) == 1, log
@@ -154,10 +165,10 @@ def test_a_signalled_job_saves_requeues_itself_and_resumes_bitwise(slurm, refere
     stopped_at = _stop_iteration(log_path.read_text(), signum)
     assert 10 < stopped_at < TOTAL
     assert (workdir / "weights" / f"{NAME}_iter_{stopped_at}.pt").exists()
-    slurm.run("scontrol", "update", f"jobid={job}", "StartTime=now")
+    _release_requeued(slurm, job)
     done = slurm.wait_for_job(job, lambda job_: job_["JobState"] not in ("PENDING", "RUNNING", "COMPLETING"), what="the end")
     out = (workdir / "slurm.out").read_text()
-    assert (done["JobState"], done["ExitCode"]) == ("COMPLETED", "0:0"), out[-3000:]
+    assert (done["JobState"], done["ExitCode"]) == ("COMPLETED", "0:0"), out[-3000:] + slurm.logs()
     log = log_path.read_text()
     assert f"requeued SLURM job {job}: it resumes from this checkpoint" in log
     resumed = rf"resumed from \S+{NAME}_iter_{stopped_at}\.pt at iteration {stopped_at} \(epoch \d+\), SLURM_RESTART_COUNT 1"
