@@ -90,16 +90,22 @@ def evaluate_weights(config_path: str, weights: str, overrides: list[str]) -> tu
 def load_weights_into(model: Any, path: str, config: Any) -> None:
     """Load the weights in `path` into `model` strictly, finding them as pretrain_path does.
 
-    A Kiln run's own .pth/.pt matches its config's model as it is; the config's
+    A Kiln run's own .pth/.pt matches its config's model as it is (a LoRA run's holds the adapters:
+    they go on the base the config's pretrain_path names); the config's
     pretrain_revise_keys (which map a *pretrain* file's keys) are applied only when it does
     not, as for a foreign state dict. (digits_finetune renames the pretrained head away: its
     rule would break its own outputs.)
     """
     from trainer.checkpoint import extract_weights, load_model_state, read_whole, revise_keys
+    from trainer.lora.weights import holds_adapters, load_adapted
 
     # read as every path is (trainer/checkpoint/readers.py): a file, a URL, or a sharded .dcp directory
-    state = extract_weights(read_whole(path, "--weights"), config.pretrain_key, path, "--weights")
+    whole = read_whole(path, "--weights")
+    state = extract_weights(whole, config.pretrain_key, path, "--weights")
     revised = revise_keys(state, [])  # strips DDP `module.` / compile `_orig_mod.` prefixes only
+    if holds_adapters(revised):  # a LoRA run's: its adapters on the config's pretrain_path (trainer/lora/weights.py)
+        load_adapted(model, config, revised, whole, f"--weights {path}")
+        return
     if config.pretrain_revise_keys and set(revised) != set(model.state_dict()):
         revised = revise_keys(state, config.pretrain_revise_keys)
     load_model_state(

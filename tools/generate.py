@@ -111,18 +111,20 @@ def load_model_and_tokenizer(config_path: str, weights: str, overrides: list[str
         raise InputError(f"config key data.train: {config.data.train.type} has no tokenizer; sampling needs a text dataset")
     if hasattr(model, "check_data"):
         model.check_data(dataset, key="data.train")
-    load_weights(model, weights, dataset)
+    load_weights(model, weights, dataset, config)
     return model.to(device).eval(), tokenizer, device
 
 
-def load_weights(model: Any, weights: str, dataset: Any) -> None:
+def load_weights(model: Any, weights: str, dataset: Any, config: Any) -> None:
     """Load `weights` strictly: a Hugging Face model directory as pretrain_path loads it (renamed
     and transposed as its architecture needs), anything else as a Kiln .pth/.pt/state dict whose
-    recorded tokenizer must be data.train's."""
+    recorded tokenizer must be data.train's; a LoRA run's adapters on the base of the config's
+    pretrain_path (trainer/lora/weights.py)."""
     from trainer.checkpoint import load_model_state
     from trainer.checkpoint.hf_directory import is_model_directory, load_model_directory
     from trainer.checkpoint.readers import extract_weights, read_whole, revise_keys
     from trainer.guards.data_identity import check_tokenizer, recorded_data
+    from trainer.lora.weights import holds_adapters, load_adapted
 
     if is_model_directory(weights):  # a published model records no tokenizer identity: not checked
         load_model_directory(model, weights)
@@ -133,6 +135,9 @@ def load_weights(model: Any, weights: str, dataset: Any) -> None:
     if note:
         print(f"note: {note}", file=sys.stderr)
     check_tokenizer(saved_data, dataset, weights)  # another tokenizer: the ids would stand for other text
+    if holds_adapters(state):
+        load_adapted(model, config, state, whole, f"--weights {weights}")
+        return
     fix = "pass the config the weights were trained with"
     load_model_state(model, state, strict=True, source=f"--weights {weights}", fix=fix)
 

@@ -285,6 +285,42 @@ def test_chat_prompts_with_the_template_and_prints_the_reply_up_to_end_of_turn(c
     assert code == 0 and out == tokenizer.decode(ids[:-1])[len(tokenizer.decode(run["prompt"])) :] + "\n"  # cut short
 
 
+def test_chat_with_a_lora_runs_adapters_puts_them_on_the_configs_base(chat_run: Path):
+    """A LoRA run's .pth holds its adapters only: the tool rebuilds the run's model (train.lora on
+    the config's pretrain_path) and samples what that model, adapters unmerged, samples."""
+    from data.chat_template import ChatTemplate
+    from data.hf_tokenizer import HFTokenizer
+    from trainer.config.schema import LoraConfig
+    from trainer.lora import adapter_keys, apply_lora
+
+    config = yaml.safe_load((chat_run / "chat.yaml").read_text())
+    config["pretrain_path"] = str(chat_run / "chat.pth")
+    config["train"]["lora"] = {"rank": 2, "alpha": 4, "targets": ["c_attn", "c_fc"]}
+    write_config(chat_run / "chat_lora.yaml", config)
+    model = GPT(**CHAT_MODEL)
+    model.load_state_dict(torch.load(chat_run / "chat.pth", weights_only=True)["params"])
+    apply_lora(model, LoraConfig(**config["train"]["lora"]))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:  # zero at initialisation: the adapters would change nothing
+                parameter.normal_(std=0.5)
+    adapters = {key: value for key, value in model.state_dict().items() if key in adapter_keys(model)}
+    torch.save({"params": adapters}, chat_run / "adapters.pth")
+    tokenizer = HFTokenizer(chat_run / "tokenizer")
+    prompt = ChatTemplate(tokenizer).encode([{"role": "user", "content": CHAT_PROMPT}], add_generation_prompt=True)
+    new = 8
+    greedy = [int(t) for t in model.eval().generate(torch.tensor([prompt]), new, temperature=0)]
+    stops = {tokenizer.hf.token_to_id("<|eot_id|>"), tokenizer.eos_id}
+    reply_ids = greedy[: next((k for k, token in enumerate(greedy) if token in stops), new)]
+    run = json.loads((chat_run / "run.json").read_text())
+    assert reply_ids != run["greedy"][: len(reply_ids)]  # the adapters change what is sampled
+    argv = ["-c", str(chat_run / "chat_lora.yaml"), "--weights", str(chat_run / "adapters.pth"), "--chat"]
+    code, out, err = call(generate_tool, *argv, "--prompt", CHAT_PROMPT, "--temperature", "0", "--max-new-tokens", str(new))
+    assert (code, err) == (0, "")
+    assert out == tokenizer.decode(prompt + reply_ids)[len(tokenizer.decode(prompt)) :] + "\n"
+
+
 def test_chat_without_a_chat_template_is_one_error_line(lm_run: Path, tmp_path: Path):
     code, out, err = sample(lm_run, "--chat", "--prompt", "Hi")  # tokenizer: bytes
     assert code == 2 and out == "" and err.count("\n") == 1

@@ -463,3 +463,43 @@ def test_export_refuses_merge_without_adapters_another_base_and_an_existing_targ
     refused = export(llama.weights / "lora_iter_3.pt", "--format", "hf", "-o", str(taken))
     assert refused.returncode == 2 and "exists; pass --force" in refused.stderr
     assert not (workdir / "x").exists() and list(taken.iterdir()) == []
+
+
+# -- the tools on a LoRA run's weights ----------------------------------------------------------
+
+
+def test_evaluate_puts_the_adapters_on_the_configs_base_and_gives_the_runs_own_validation(llama, monkeypatch):
+    monkeypatch.chdir(llama.root)  # the run's config, as its user has it
+    best = torch.load(llama.weights / "lora_best.pt", weights_only=True)["best_metrics"]
+    evaluate = load_tool("evaluate")
+    for weights in ("weights/lora_best.pth", "weights/lora_best.pt"):  # {"params": adapters}; adapters + base identity
+        results, _, _ = evaluate.evaluate_weights("config.yaml", weights, [])
+        assert results["nll"] == pytest.approx(best["nll"], rel=1e-9), weights
+
+
+def test_evaluate_refuses_adapters_without_train_lora_or_on_another_base(llama, workdir):
+    prepare(workdir)
+    whole_model = lora_config(llama.base_dir)
+    del whole_model["train"]["lora"]
+    write_config(workdir / "whole.yaml", whole_model)
+    other = workdir / "other_base"
+    save_tiny("llama", other, seed=1)  # the same architecture, other weights
+    write_config(workdir / "other.yaml", lora_config(other))
+    evaluate = load_tool("evaluate")
+    adapters, checkpoint = llama.weights / "lora_best.pth", llama.weights / "lora_best.pt"
+    before = snapshot(workdir)
+    code, out, err = call(evaluate, "-c", "whole.yaml", "--weights", str(adapters))
+    assert (code, out) == (2, "")
+    assert err == (
+        f"error: --weights {adapters} holds LoRA adapters (e.g. model.layers.0.self_attn.q_proj.lora_A.weight), but the "
+        "config has no train.lora; pass the config of the LoRA run, or export merged weights with tools/export.py "
+        "CHECKPOINT --format hf --merge\n"
+    )
+    code, out, err = call(evaluate, "-c", "other.yaml", "--weights", str(checkpoint))
+    assert (code, out) == (2, "")
+    assert err == (
+        f"error: --weights {checkpoint} was trained on the base {llama.base_dir} (sha256 {base_sha256(llama.base_dir)}), "
+        f"but pretrain_path is {other} (sha256 {base_sha256(other)}), another base; set pretrain_path to the base the run "
+        "was trained on (its adapters mean nothing on other weights)\n"
+    )
+    assert snapshot(workdir) == before

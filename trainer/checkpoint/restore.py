@@ -112,18 +112,19 @@ def restore_base(checkpoint: dict[str, Any], path: Path | str, *, config: Config
             "the whole model; resume with the run's train.lora"
         )
     if saved.get("sha256") != base.sha256:
-        raise InputError(_other_base(path, saved, base))
+        raise InputError(other_base(f"resume_path {path}", saved, base))
     load_pretrained(state.model, config, state.strategy)
 
 
-def _other_base(path: Path | str, saved: dict[str, Any], base: FrozenBase) -> str:
-    """The error of a resume whose pretrain_path holds another base than the checkpoint was trained on."""
+def other_base(source: str, saved: dict[str, Any], base: FrozenBase) -> str:
+    """The error for adapters (`source`: "resume_path PATH", "--weights PATH") whose checkpoint
+    recorded another base than the one at the config's pretrain_path."""
 
     def named(where: Any, digest: Any) -> str:
         return f"{where} (sha256 {digest})" if where is not None else "the seed's initialisation (no pretrain_path)"
 
     return (
-        f"resume_path {path} was trained on the base {named(saved.get('path'), saved.get('sha256'))}, but pretrain_path "
+        f"{source} was trained on the base {named(saved.get('path'), saved.get('sha256'))}, but pretrain_path "
         f"is {named(base.path, base.sha256)}, another base; set pretrain_path to the base the run was trained on "
         "(its adapters mean nothing on other weights)"
     )
