@@ -12,6 +12,14 @@ Writes into DIR (default `data_cache/chat_example/`, git-ignored):
   0, 1, 2: `<|endoftext|>` (pad), `<|im_start|>`, `<|im_end|>` (EOS, the end of a turn). Written
   with `tokenizers` and plain JSON, no transformers; `transformers.AutoTokenizer.from_pretrained`
   reads the folder as it is and gives the same ids.
+- `pretrain.txt`: the base model's pretraining text, TextTokens' default corpus (every file of
+  the standard library's `*.py`, in name order) with each module written as one ChatML
+  conversation: `<|im_start|>user\nShow the source of heapq.py.<|im_end|>\n<|im_start|>assistant\n`,
+  the file's text, `<|im_end|>\n<|endoftext|>`. So pretraining trains the embeddings of the
+  special tokens and role headers the chat data uses (they are tied to the output head): a base
+  that never saw `<|im_start|>` / `<|im_end|>` keeps their random initial rows, frozen under LoRA,
+  and LoRA then learns the task several times slower (docs/chat_finetuning.md). Nothing in it is
+  arithmetic: the base cannot answer the questions below.
 - `train.jsonl`, `val.jsonl`: conversations `{"messages": [{"role": "user", ...}, {"role":
   "assistant", ...}]}` of a task with checkable answers: the sum of two whole numbers of 0 to
   `--max-operand` (99), asked in one of a few phrasings ("What is 37 + 48?" -> "85"). The
@@ -58,6 +66,7 @@ FILES = (
     "tokenizer/tokenizer.json",
     "tokenizer/tokenizer_config.json",
     "tokenizer/special_tokens_map.json",
+    "pretrain.txt",
     "train.jsonl",
     "val.jsonl",
 )
@@ -118,6 +127,26 @@ def corpus_sample(limit: int) -> list[str]:
         if left <= 0:
             break
     return texts
+
+
+def pretraining_text() -> tuple[str, int, int]:
+    """(the pretraining text, modules in it, modules left out): every standard-library module as
+    one ChatML conversation (a request for its source, then the source). A binary file, one that
+    is not UTF-8, or one that holds a special-token string is left out."""
+    from data.text import corpus_files
+
+    parts, left_out = [], 0
+    for path in corpus_files(None):
+        data = path.read_bytes()
+        try:
+            source = data.decode("utf-8")
+        except UnicodeDecodeError:
+            source = None
+        if source is None or "\0" in source[:8000] or any(token in source for token in SPECIALS):
+            left_out += 1
+            continue
+        parts.append(f"{IM_START}user\nShow the source of {path.name}.{IM_END}\n{IM_START}assistant\n{source}{IM_END}\n{PAD}")
+    return "".join(parts), len(parts), left_out
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
@@ -212,10 +241,12 @@ def write(args: argparse.Namespace) -> list[str]:
     if ids != list(range(len(SPECIALS))):
         raise RuntimeError(f"special tokens got ids {ids}, expected 0, 1, 2")  # BpeTrainer's documented order
     train, val = conversations(args.seed, args.train, args.val, args.max_operand)
+    pretrain, modules, left_out = pretraining_text()
     contents = {
         "tokenizer/tokenizer.json": tokenizer.to_str(pretty=True),
         "tokenizer/tokenizer_config.json": json.dumps(tokenizer_config(), indent=2) + "\n",
         "tokenizer/special_tokens_map.json": json.dumps({"eos_token": IM_END, "pad_token": PAD}, indent=2) + "\n",
+        "pretrain.txt": pretrain,
         "train.jsonl": jsonl(train),
         "val.jsonl": jsonl(val),
     }
@@ -233,6 +264,8 @@ def write(args: argparse.Namespace) -> list[str]:
     return [
         f"tokenizer: {out / 'tokenizer'} (byte-level BPE, {vocab} tokens, learned from {sum(map(len, texts)):,} characters "
         f"of {len(texts)} standard-library files; eos {IM_END} = 2, pad {PAD} = 0)",
+        f"pretraining text: {out / 'pretrain.txt'} ({modules} standard-library modules as ChatML conversations, "
+        f"{len(pretrain.encode()):,} bytes; {left_out} left out)",
         f"train: {out / 'train.jsonl'} ({len(train)} conversations), val: {out / 'val.jsonl'} ({len(val)}, held-out pairs)",
         f"e.g. {sample[0]['content']!r} -> {sample[1]['content']!r}",
     ]
