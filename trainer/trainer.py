@@ -67,7 +67,6 @@ class Trainer:
         self._adopt(build_components(config, self.dist, self.device))
         self.run_data = RunData(self.train_loader, self.val_loader)  # train and val of one corpus agree: exit 2 if not
         seed_everything(config.seed + self.dist.rank)  # each rank its own dropout stream
-        self._preflight()  # a model, loss or data that do not fit: exit 2 before any file is touched
         check_shared_checkpoint_dir(config.checkpoint.dir, self.dist)  # several nodes: before any rank reads it
         checkpoint = config.checkpoint
         self.checkpoints = CheckpointManager(
@@ -86,6 +85,10 @@ class Trainer:
         self.run_id: str | None = uuid.uuid4().hex  # a resume takes the checkpoint's
         # Everything that can reject an input file runs before anything is locked, moved or written.
         changes, notes = self._start_point()
+        # A model, loss or data that do not fit: exit 2 before any file is touched. After the
+        # weights are loaded, not before: the memory its forward and backward leave with the
+        # allocator is then reused by training instead of adding to the load's own peak.
+        self._preflight()
         self.outputs = RunDirectory(config, self.dist, self.checkpoints)
         self.lock = self.outputs.lock(self.device)
         try:

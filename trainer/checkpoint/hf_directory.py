@@ -16,8 +16,9 @@ models/), and only strictly:
   silent overwrite of one by the other.
 
 Memory: tensors are read one at a time with safetensors' `safe_open` in the file's dtype, cast
-to the model's, and handed to the strategy one shard at a time, so at most the model and one
-shard are in memory (never two full copies).
+to the model's, and handed to the strategy one part of a shard at a time (about PART_BYTES, a
+small shard whole), so beside the model there is one part in memory and the pages of the shard
+being read, which safetensors maps: never two full copies, even of a one-file model.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ from trainer.distributed.strategy import SingleDevice
 from trainer.errors import InputError
 
 CONFIG_NAME = "config.json"
+# How much of a shard is read before it is handed to the strategy: small next to a model, large
+# enough that FSDP's per-call collectives stay few (a 5 GiB shard: 80 calls).
+PART_BYTES = 64 * 2**20
 
 
 def is_model_directory(location: str | Path) -> bool:
@@ -51,7 +55,7 @@ def load_model_directory(model: nn.Module, directory: str | Path, strategy: Sing
     for part in _shard_parts(model, folder, "pretrain_path"):
         (strategy or SingleDevice()).load_model_state(model, part)
         loaded |= part.keys()
-        del part  # one shard at a time
+        del part  # one part at a time
     _check_complete(model, loaded, source)
     return f"loaded pretrained weights from {folder} (Hugging Face layout, {len(loaded)} tensors)"
 
@@ -73,9 +77,10 @@ def read_model_directory(model: nn.Module, directory: str | Path, what: str = "p
 
 
 def _shard_parts(model: nn.Module, folder: Path, what: str) -> Iterator[dict[str, torch.Tensor]]:
-    """The directory's tensors, one shard at a time, as {model key: tensor in the model's dtype},
-    each checked against the model (name, shape, ties); the config.json is checked first. `what`
-    names the option the directory was given as (pretrain_path) in errors."""
+    """The directory's tensors as {model key: tensor in the model's dtype}, each shard in parts of
+    about PART_BYTES (a part ends with the tensor that reaches it, or with the shard), each tensor
+    checked against the model (name, shape, ties); the config.json is checked first. `what` names
+    the option the directory was given as (pretrain_path) in errors."""
     source = f"{what} {folder}"
     _check_config(model, folder, source)
     own = model.state_dict()
@@ -91,7 +96,11 @@ def _shard_parts(model: nn.Module, folder: Path, what: str) -> Iterator[dict[str
             _check_tensor(key, name, tensor, own, shard, source)
             _check_tie(key, tensor, aliases, tied_seen, source)
             part[key] = tensor.to(own[key].dtype)
-        yield part
+            if sum(value.nbytes for value in part.values()) >= PART_BYTES:
+                yield part
+                part = {}
+        if part:  # a part never spans two shards: a small shard is one part
+            yield part
 
 
 def _check_complete(model: nn.Module, loaded: set[str], source: str) -> None:

@@ -28,13 +28,13 @@ def build(path: Path) -> torch.nn.Module:
 
 
 class RecordingStrategy(SingleDevice):
-    """One process, remembering which keys each load call received."""
+    """One process, remembering which keys each load call received, in the order handed over."""
 
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
 
     def load_model_state(self, model, state):
-        self.calls.append(sorted(state))
+        self.calls.append(list(state))
         super().load_model_state(model, state)
 
 
@@ -71,7 +71,23 @@ def test_a_sharded_directory_loads_one_shard_at_a_time(tmp_path):
     load_model_directory(model, tmp_path / "sharded", strategy)
     assert len(strategy.calls) == len(shards)  # one load per shard, each only that shard's tensors
     by_shard = [sorted(k for k, s in index["weight_map"].items() if s == shard) for shard in sorted(shards)]
-    assert sorted(strategy.calls) == sorted(by_shard)
+    assert sorted(map(sorted, strategy.calls)) == sorted(by_shard)
+    for key, value in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_a_large_shard_is_handed_over_in_parts(published, monkeypatch):
+    from trainer.checkpoint import hf_directory
+
+    folder, reference = published
+    sizes = {key: value.nbytes for key, value in reference.state_dict().items()}
+    limit = max(sizes.values())  # the largest tensor: parts of a few tensors each
+    monkeypatch.setattr(hf_directory, "PART_BYTES", limit)
+    model, strategy = build(folder), RecordingStrategy()
+    load_model_directory(model, folder, strategy)
+    assert len(strategy.calls) >= 5  # model.safetensors, one shard, in several parts
+    assert all(sum(sizes[key] for key in part[:-1]) < limit for part in strategy.calls)  # each ends at the limit
+    assert sorted(key for part in strategy.calls for key in part) == sorted(set(sizes) - {"lm_head.weight"})  # tied: once
     for key, value in reference.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
 
