@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from models.hf_config import HFCompatible, require
 from models.sampling import check_sampling, sample_next
@@ -202,6 +203,8 @@ class GPT(HFCompatible, nn.Module):
             "n_inner": n_inner,
         }
         self.vocab_size, self.block_size = vocab_size, block_size
+        # train.activation_checkpointing sets it (trainer/activation_checkpointing.py)
+        self.activation_checkpointing = False
         self.n_layer, self.n_head, self.n_embd = n_layer, n_head, n_embd
         self.transformer = nn.ModuleDict(
             dict(
@@ -253,8 +256,12 @@ class GPT(HFCompatible, nn.Module):
             )
         pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C) + (T, C)
+        recompute = self.activation_checkpointing and cache is None and torch.is_grad_enabled()
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, cache, layer)  # (B, T, C)
+            if recompute:  # keep only the block's input; its activations are recomputed in the backward
+                x = checkpoint(block, x, None, layer, use_reentrant=False)  # (B, T, C)
+            else:
+                x = block(x, cache, layer)  # (B, T, C)
         if cache is not None:
             cache.length += T  # every layer has appended its T keys and values
         x = self.transformer.ln_f(x)  # (B, T, C)

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from models.hf_config import HFCompatible, require
 from models.sampling import check_sampling, sample_next
@@ -324,6 +325,8 @@ class Llama(HFCompatible, nn.Module):
         self.vocab_size, self.block_size = vocab_size, max_position_embeddings
         self.n_layer, self.n_head, self.head_dim = num_hidden_layers, num_attention_heads, a["head_dim"]
         self.tied = tie_word_embeddings
+        # train.activation_checkpointing sets it (trainer/activation_checkpointing.py)
+        self.activation_checkpointing = False
         self.model = nn.ModuleDict(
             dict(
                 embed_tokens=nn.Embedding(vocab_size, hidden_size),
@@ -370,8 +373,12 @@ class Llama(HFCompatible, nn.Module):
             )
         x = self.model.embed_tokens(idx)  # (B, T, C)
         cos, sin = self.model.rotary_emb(start, T, x.dtype)  # (T, hs) each
+        recompute = self.activation_checkpointing and cache is None and torch.is_grad_enabled()
         for layer, block in enumerate(self.model.layers):
-            x = block(x, cos, sin, cache, layer)  # (B, T, C)
+            if recompute:  # keep only the block's input; its activations are recomputed in the backward
+                x = checkpoint(block, x, cos, sin, None, layer, use_reentrant=False)  # (B, T, C)
+            else:
+                x = block(x, cos, sin, cache, layer)  # (B, T, C)
         if cache is not None:
             cache.advance(T)
         return self.model.norm(x)  # (B, T, C)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from data.loader import build_loader, dataset_of
+from trainer.activation_checkpointing import apply_activation_checkpointing
 from trainer.config.schema import Component, Config
 from trainer.distributed.process import Distributed
 from trainer.distributed.strategy import SingleDevice, build_strategy
@@ -72,6 +73,7 @@ class Components:
 def build_components(config: Config, dist: Distributed, device: torch.device) -> Components:
     """Every component of the run `config` describes, on `device`, in the fixed order."""
     model = _build_model(config, dist, device)
+    apply_activation_checkpointing(model, config)  # train.activation_checkpointing: blocks recomputed in the backward
     # train.lora (nothing without it): adapters wrapped in, the base frozen, the checkpoints told
     # to keep the adapters only; before FSDP shards the model and before the optimizer sees it.
     apply_run_lora(model, config)

@@ -485,6 +485,9 @@ def test_evaluate_refuses_adapters_without_train_lora_or_on_another_base(llama, 
     other = workdir / "other_base"
     save_tiny("llama", other, seed=1)  # the same architecture, other weights
     write_config(workdir / "other.yaml", lora_config(other))
+    no_base = lora_config(llama.base_dir)
+    del no_base["pretrain_path"]
+    write_config(workdir / "no_base.yaml", no_base)
     evaluate = load_tool("evaluate")
     adapters, checkpoint = llama.weights / "lora_best.pth", llama.weights / "lora_best.pt"
     before = snapshot(workdir)
@@ -502,4 +505,19 @@ def test_evaluate_refuses_adapters_without_train_lora_or_on_another_base(llama, 
         f"but pretrain_path is {other} (sha256 {base_sha256(other)}), another base; set pretrain_path to the base the run "
         "was trained on (its adapters mean nothing on other weights)\n"
     )
+    code, out, err = call(evaluate, "-c", "no_base.yaml", "--weights", str(adapters))
+    assert (code, out) == (2, "")
+    assert err == (
+        f"error: --weights {adapters} holds LoRA adapters, but the config has no pretrain_path (their base was the seed's "
+        "initialisation, which no file holds); set pretrain_path to the base the adapters were trained on\n"
+    )
     assert snapshot(workdir) == before
+
+
+def test_a_lora_run_with_activation_checkpointing_ends_bitwise_equal(llama, workdir):
+    prepare(workdir)
+    document = lora_config(llama.base_dir)  # LoRA dropout 0.1: its masks are replayed in the recomputation
+    document["train"]["activation_checkpointing"] = True
+    trainer = fit_in(workdir, document)
+    assert trainer.model.activation_checkpointing is True
+    assert_bitwise_equal(load_params(workdir / "weights" / "lora_iter_8.pth"), llama.final())

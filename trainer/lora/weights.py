@@ -6,7 +6,7 @@ the adapters on top, unmerged, so that a tool computes exactly what the run's va
 A `.pt` records its base (`base: {path, sha256}`); another base at the config's `pretrain_path`
 is refused, as at resume. A `.pth` is `{"params": adapters}` alone, so its base is taken on the
 config's word. Adapters trained on the seed's initialisation (no `pretrain_path`) have no file to
-rebuild the base from: refused with the fix (export merged weights at the end of that run).
+rebuild the base from: refused, as `tools/export.py --merge` refuses them.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ def load_adapted(model: nn.Module, config: Config, state: dict[str, torch.Tensor
         )
     if config.pretrain_path is None:
         raise InputError(
-            f"{source} holds LoRA adapters trained on the seed's initialisation (no pretrain_path), which no file holds; "
-            "export the run's merged weights with tools/export.py CHECKPOINT --format hf --merge and pass those"
+            f"{source} holds LoRA adapters, but the config has no pretrain_path (their base was the seed's initialisation, "
+            "which no file holds); set pretrain_path to the base the adapters were trained on"
         )
     apply_run_lora(model, config)
     base = frozen_base_of(model)
