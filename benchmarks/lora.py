@@ -27,7 +27,11 @@ the Trainer writes at the end of the run (LoRA: the adapters and their state, no
 The sides alternate (full, lora, then lora, full, ...) over `--repeats` runs; figures are medians.
 
     python benchmarks/lora.py [--layers 30] [--vocab 49152] [--batch 4] [--seq 128] [--steps 5]
-        [--warmup 2] [--rank 16] [--repeats 3] [--quick]
+        [--warmup 2] [--rank 16] [--repeats 3] [--default-allocator] [--activation-checkpointing] [--quick]
+
+Each child pins glibc malloc's thresholds at 1 GiB, as the other benchmarks do (stable timings);
+`--default-allocator` leaves them adaptive, as train.py runs. The pin keeps freed memory in the
+heap, so it raises both peaks; the ratio moves with it (docs/performance.md).
 
 Target (issue #25): LoRA's peak memory <= 0.6 x full fine-tuning's on this model.
 `--quick` is a smoke run (2 layers, vocabulary 2048, batch 2 x 32, 2 steps, 1 repeat).
@@ -64,6 +68,8 @@ class Run:
     warmup: int
     steps: int
     rank: int
+    pin_allocator: bool = True
+    activation_checkpointing: bool = False
 
     @property
     def total(self) -> int:
@@ -74,7 +80,7 @@ class Run:
 def document(side: str, run: Run, scratch: Path) -> dict:
     """The run's config (train.py's YAML as a dict): the same for both sides but for train.lora."""
     total = run.total
-    train: dict = {"total_iters": total}
+    train: dict = {"total_iters": total, "activation_checkpointing": run.activation_checkpointing}
     if side == "lora":
         train["lora"] = {"rank": run.rank, "alpha": 2 * run.rank, "dropout": 0.0, "targets": TARGETS}
     return {
@@ -109,7 +115,8 @@ def tensor_bytes(value: object) -> int:
 
 def one_side(side: str, run: Run) -> dict:
     """Train one contender in this process; its seconds, tokens/s, memory and sizes."""
-    pin_malloc_thresholds()
+    if run.pin_allocator:
+        pin_malloc_thresholds()
     after_imports = current_rss_mib()
     from trainer.config import config_from_dict
     from trainer.trainer import Trainer
@@ -211,6 +218,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank (alpha is twice it)")
+    parser.add_argument(
+        "--default-allocator",
+        action="store_true",
+        help="leave glibc malloc's thresholds adaptive, as train.py runs, instead of pinning them at 1 GiB",
+    )
+    parser.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        help="train.activation_checkpointing on both sides (each block recomputed in the backward)",
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 layers, vocab 2048, batch 2 x 32, 2 steps, 1 repeat")
     parser.add_argument("--side", choices=SIDES, help=argparse_hidden())
     parser.add_argument("--run", help=argparse_hidden())
@@ -221,11 +238,15 @@ def main() -> None:
     if args.quick:
         args.layers, args.vocab, args.batch, args.seq, args.steps, args.repeats = 2, 2048, 2, 32, 2, 1
     print(f"machine: {machine()}; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    allocator = "adaptive (glibc's default)" if args.default_allocator else "pinned at 1 GiB (_common.pin_malloc_thresholds)"
+    recompute = "on" if args.activation_checkpointing else "off"
+    print(f"malloc thresholds in each run: {allocator}; activation checkpointing {recompute}")
     print(f"model: {SMOLLM2_135M['hidden_size']} wide, {args.layers} layers, vocabulary {args.vocab} (random weights)")
     with scratch_dir() as scratch:
         directory = scratch / "model"
         write_model(directory, args.layers, args.vocab)
-        run = Run(str(directory), args.batch, args.seq, args.vocab, args.warmup, args.steps, args.rank)
+        pinned, recompute = not args.default_allocator, args.activation_checkpointing
+        run = Run(str(directory), args.batch, args.seq, args.vocab, args.warmup, args.steps, args.rank, pinned, recompute)
         results: dict[str, list[dict]] = {side: [] for side in SIDES}
         alternate({side: lambda side=side: spawn(side, run, results) for side in SIDES}, args.repeats)
     report(run, args.layers, results)
