@@ -18,8 +18,8 @@ Writes into DIR (default `data_cache/chat_example/`, git-ignored):
   the file's text, `<|im_end|>\n<|endoftext|>`. So pretraining trains the embeddings of the
   special tokens and role headers the chat data uses (they are tied to the output head): a base
   that never saw `<|im_start|>` / `<|im_end|>` keeps their random initial rows, frozen under LoRA,
-  and LoRA then learns the task several times slower (docs/chat_finetuning.md). Nothing in it is
-  arithmetic: the base cannot answer the questions below.
+  which the adapters then have to work around (docs/chat_finetuning.md compares the two). Nothing
+  in it is arithmetic: the base cannot answer the questions below.
 - `train.jsonl`, `val.jsonl`: conversations `{"messages": [{"role": "user", ...}, {"role":
   "assistant", ...}]}` of a task with checkable answers: the sum of two whole numbers of 0 to
   `--max-operand` (99), asked in one of a few phrasings ("What is 37 + 48?" -> "85"). The

@@ -88,6 +88,7 @@ def _shard_parts(model: nn.Module, folder: Path, what: str) -> Iterator[dict[str
     tied_seen: dict[str, torch.Tensor] = {}  # tied tensors as the file holds them, to compare the other name's
     for shard, names in weight_files.shard_plan(folder, what):
         part: dict[str, torch.Tensor] = {}
+        held = 0  # bytes in `part`
         for name, tensor in weight_files.read_tensors(shard, names, what):
             mapped = model.hf_import(name, tensor)
             if mapped is None:
@@ -96,9 +97,10 @@ def _shard_parts(model: nn.Module, folder: Path, what: str) -> Iterator[dict[str
             _check_tensor(key, name, tensor, own, shard, source)
             _check_tie(key, tensor, aliases, tied_seen, source)
             part[key] = tensor.to(own[key].dtype)
-            if sum(value.nbytes for value in part.values()) >= PART_BYTES:
+            held += part[key].nbytes
+            if held >= PART_BYTES:
                 yield part
-                part = {}
+                part, held = {}, 0
         if part:  # a part never spans two shards: a small shard is one part
             yield part
 
