@@ -80,6 +80,9 @@ def _start_in_terminal(argv: list[str], cwd: Path) -> tuple[int, int]:
             os.chdir(cwd)
             # 24 x 100, like a terminal window (a new pty has 0 columns, where tqdm draws no bar)
             fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+            # as a shell in a new window starts it: a suite run under nohup (SIGHUP ignored, which
+            # exec passes on and Kiln then respects) must not turn the hang-up into a no-op
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)
             os.execv(argv[0], argv)
         finally:
             os._exit(127)
