@@ -6,6 +6,8 @@
   its base's identity, which the checkpoint formats read (trainer/checkpoint/frozen_base.py):
   a LoRA run's checkpoints hold the adapters, never the frozen base.
 - `peft.py`: the adapters as a PEFT adapter directory, or merged into the base (tools/export.py).
+- `weights.py`: a LoRA run's adapter-only `.pth`/`.pt` put back on its base, for tools/evaluate.py
+  and tools/generate.py.
 
 A layer above trainer/checkpoint (it marks models for it) and below the loop (trainer/build.py):
 it imports config, checkpoint, errors and utils, never models/ or the Trainer.
