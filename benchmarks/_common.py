@@ -107,6 +107,49 @@ def benchmark_parser(doc: str, repeats: int = 5):
     return parser
 
 
+def add_finetune_options(parser, *, layers: int, vocab: int, steps: int) -> None:
+    """The options of the fine-tuning benchmarks on benchmarks/hf_finetune.py's model (its depth,
+    vocabulary, batch, timed and untimed steps, --quick), and the hidden --side/--run with which
+    the parent starts each contender in a process of its own (`spawn_side`)."""
+    import argparse
+
+    parser.add_argument("--layers", type=int, default=layers, help="decoder layers (SmolLM2-135M: 30)")
+    parser.add_argument("--vocab", type=int, default=vocab, help="vocabulary size (SmolLM2-135M: 49152)")
+    parser.add_argument("--batch", type=int, default=4, help="rows per step")
+    parser.add_argument("--seq", type=int, default=128, help="tokens per row")
+    parser.add_argument("--steps", type=int, default=steps, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 2 layers, vocab 2048, batch 2 x 32, 2 steps, 1 repeat")
+    parser.add_argument("--side", help=argparse.SUPPRESS)  # a child's contender (the parent passes it)
+    parser.add_argument("--run", help=argparse.SUPPRESS)  # a child's Run, as JSON
+
+
+def apply_quick(args) -> None:
+    """--quick: the smallest run that exercises every side (a smoke test, not a figure)."""
+    if args.quick:
+        args.layers, args.vocab, args.batch, args.seq, args.steps, args.repeats = 2, 2048, 2, 32, 2, 1
+
+
+def spawn_side(script: str, side: str, run, into: dict[str, list[dict]]) -> None:
+    """Run `script --side SIDE --run RUN` (`run` a dataclass, passed as JSON) in a fresh process
+    and append the JSON object it prints last to `into[side]`; SystemExit with its stderr if it fails."""
+    import dataclasses
+    import json
+    import subprocess
+
+    command = [sys.executable, script, "--side", side, "--run", json.dumps(dataclasses.asdict(run))]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise SystemExit(f"{side} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+    into[side].append(json.loads(lines[-1]))
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, as `uptime` shows them."""
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def parse_repeats(doc: str) -> int:
     """Parse the shared `--repeats` option (default 5), print the machine line, return repeats."""
     repeats = benchmark_parser(doc).parse_args().repeats

@@ -66,15 +66,26 @@ import json
 import os
 import re
 import resource
-import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from _common import alternate, benchmark_parser, machine, median, paired_ratios, pin_malloc_thresholds, scratch_dir
+from _common import (
+    add_finetune_options,
+    alternate,
+    apply_quick,
+    benchmark_parser,
+    load_average,
+    machine,
+    median,
+    paired_ratios,
+    pin_malloc_thresholds,
+    scratch_dir,
+    spawn_side,
+)
 from torch.utils.data import Dataset
 
 # SmolLM2-135M's config.json (HuggingFaceTB/SmolLM2-135M), less the layer count and vocabulary the run picks.
@@ -342,16 +353,6 @@ def one_side(side: str, run: Run) -> dict:
     }
 
 
-def spawn(side: str, run: Run, into: dict[str, list[dict]]) -> None:
-    """Run one contender in a fresh process (`--side`); append its result to `into[side]`."""
-    command = [sys.executable, __file__, "--side", side, "--run", json.dumps(asdict(run))]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        raise SystemExit(f"{side} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
-    into[side].append(json.loads(lines[-1]))
-
-
 def report(run: Run, layers: int, results: dict[str, list[dict]]) -> None:
     """Print each side's median tokens/s (wall and CPU clock) and peak memory, and Kiln's ratios to the others."""
     repeats = len(results["kiln"])
@@ -392,23 +393,14 @@ def report(run: Run, layers: int, results: dict[str, list[dict]]) -> None:
 def main() -> None:
     """Write the model, run the three contenders alternately in their own processes, print the table."""
     parser = benchmark_parser(__doc__, repeats=5)
-    parser.add_argument("--layers", type=int, default=4, help="decoder layers (SmolLM2-135M: 30)")
-    parser.add_argument("--vocab", type=int, default=8192, help="vocabulary size (SmolLM2-135M: 49152)")
-    parser.add_argument("--batch", type=int, default=4, help="rows per step")
-    parser.add_argument("--seq", type=int, default=128, help="tokens per row")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    add_finetune_options(parser, layers=4, vocab=8192, steps=10)
     parser.add_argument("--threads", type=int, help="torch threads in each run (default: torch's, one per core)")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 2 layers, vocab 2048, batch 2 x 32, 2 steps, 1 repeat")
-    parser.add_argument("--side", choices=SIDES, help=argparse_hidden())
-    parser.add_argument("--run", help=argparse_hidden())
     args = parser.parse_args()
     if args.side:  # a child: one contender
         print(json.dumps(one_side(args.side, Run(**json.loads(args.run)))))
         return
-    if args.quick:
-        args.layers, args.vocab, args.batch, args.seq, args.steps, args.repeats = 2, 2048, 2, 32, 2, 1
-    print(f"machine: {machine()}; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    apply_quick(args)
+    print(f"machine: {machine()}; load average {load_average()}")
     import transformers
 
     print(f"transformers {transformers.__version__}")
@@ -417,16 +409,9 @@ def main() -> None:
         write_model(directory, args.layers, args.vocab)
         run = Run(str(directory), args.batch, args.seq, args.vocab, args.warmup, args.steps, args.threads)
         results: dict[str, list[dict]] = {side: [] for side in SIDES}
-        alternate({side: lambda side=side: spawn(side, run, results) for side in SIDES}, args.repeats)
+        alternate({side: lambda side=side: spawn_side(__file__, side, run, results) for side in SIDES}, args.repeats)
     report(run, args.layers, results)
-    print(f"  load average at the end {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-
-
-def argparse_hidden() -> str:
-    """argparse's marker for an option left out of --help (the parent's options to its children)."""
-    import argparse
-
-    return argparse.SUPPRESS
+    print(f"  load average at the end {load_average()}")
 
 
 if __name__ == "__main__":

@@ -41,14 +41,23 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from _common import alternate, benchmark_parser, machine, median, pin_malloc_thresholds, scratch_dir
+from _common import (
+    add_finetune_options,
+    alternate,
+    apply_quick,
+    benchmark_parser,
+    load_average,
+    machine,
+    median,
+    pin_malloc_thresholds,
+    scratch_dir,
+    spawn_side,
+)
 from hf_finetune import SMOLLM2_135M, current_rss_mib, peak_rss_mib, write_model
 
 SIDES = ("full", "lora")
@@ -161,16 +170,6 @@ def one_side(side: str, run: Run) -> dict:
     }
 
 
-def spawn(side: str, run: Run, into: dict[str, list[dict]]) -> None:
-    """Run one contender in a fresh process (`--side`); append its result to `into[side]`."""
-    command = [sys.executable, __file__, "--side", side, "--run", json.dumps(asdict(run))]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        raise SystemExit(f"{side} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
-    into[side].append(json.loads(lines[-1]))
-
-
 def mib(value: float) -> str:
     """Bytes as MiB, one decimal."""
     return f"{value / 2**20:,.1f} MiB"
@@ -211,12 +210,7 @@ def report(run: Run, layers: int, results: dict[str, list[dict]]) -> None:
 def main() -> None:
     """Write the model, run the two contenders alternately in their own processes, print the table."""
     parser = benchmark_parser(__doc__, repeats=3)
-    parser.add_argument("--layers", type=int, default=30, help="decoder layers (SmolLM2-135M: 30)")
-    parser.add_argument("--vocab", type=int, default=49152, help="vocabulary size (SmolLM2-135M: 49152)")
-    parser.add_argument("--batch", type=int, default=4, help="rows per step")
-    parser.add_argument("--seq", type=int, default=128, help="tokens per row")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    add_finetune_options(parser, layers=30, vocab=49152, steps=5)
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank (alpha is twice it)")
     parser.add_argument(
         "--default-allocator",
@@ -228,16 +222,12 @@ def main() -> None:
         action="store_true",
         help="train.activation_checkpointing on both sides (each block recomputed in the backward)",
     )
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 2 layers, vocab 2048, batch 2 x 32, 2 steps, 1 repeat")
-    parser.add_argument("--side", choices=SIDES, help=argparse_hidden())
-    parser.add_argument("--run", help=argparse_hidden())
     args = parser.parse_args()
     if args.side:  # a child: one contender
         print(json.dumps(one_side(args.side, Run(**json.loads(args.run)))))
         return
-    if args.quick:
-        args.layers, args.vocab, args.batch, args.seq, args.steps, args.repeats = 2, 2048, 2, 32, 2, 1
-    print(f"machine: {machine()}; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    apply_quick(args)
+    print(f"machine: {machine()}; load average {load_average()}")
     allocator = "adaptive (glibc's default)" if args.default_allocator else "pinned at 1 GiB (_common.pin_malloc_thresholds)"
     recompute = "on" if args.activation_checkpointing else "off"
     print(f"malloc thresholds in each run: {allocator}; activation checkpointing {recompute}")
@@ -248,16 +238,9 @@ def main() -> None:
         pinned, recompute = not args.default_allocator, args.activation_checkpointing
         run = Run(str(directory), args.batch, args.seq, args.vocab, args.warmup, args.steps, args.rank, pinned, recompute)
         results: dict[str, list[dict]] = {side: [] for side in SIDES}
-        alternate({side: lambda side=side: spawn(side, run, results) for side in SIDES}, args.repeats)
+        alternate({side: lambda side=side: spawn_side(__file__, side, run, results) for side in SIDES}, args.repeats)
     report(run, args.layers, results)
-    print(f"  load average at the end {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-
-
-def argparse_hidden() -> str:
-    """argparse's marker for an option left out of --help (the parent's options to its children)."""
-    import argparse
-
-    return argparse.SUPPRESS
+    print(f"  load average at the end {load_average()}")
 
 
 if __name__ == "__main__":
