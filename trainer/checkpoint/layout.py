@@ -74,12 +74,16 @@ class TrainingState:
     def export_weights(self) -> dict[str, torch.Tensor]:
         """The .pth weights with clean keys (under FSDP gathered: every rank calls it); of a model
         trained on a frozen base (LoRA), only the trained tensors."""
-        return only_checkpointed(self.model, clean_state_dict(self.strategy.model_state(self.export_model())))
+        return self._checkpointed_state(self.export_model())
 
     def model_state(self) -> dict[str, torch.Tensor]:
         """The model state a full checkpoint holds, clean keys (under FSDP gathered: every rank
         calls it); of a model trained on a frozen base (LoRA), only the trained tensors."""
-        return only_checkpointed(self.model, clean_state_dict(self.strategy.model_state(self.model)))
+        return self._checkpointed_state(self.model)
+
+    def _checkpointed_state(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        """`module`'s state dict (gathered under FSDP), clean keys, without a frozen base's tensors."""
+        return only_checkpointed(self.model, clean_state_dict(self.strategy.model_state(module)))
 
     def base_identity(self) -> dict[str, str | None] | None:
         """The frozen base's `{path, sha256}` a checkpoint records, or None for a model trained whole."""

@@ -29,6 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def lora_delta(lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float) -> torch.Tensor:
+    """(alpha / r) * B @ A: the update adapters A (r, in) and B (out, r) make to a weight (out, in)."""
+    return (lora_b @ lora_a) * scaling
+
+
 class LoRALinear(nn.Linear):
     """An nn.Linear whose `weight` and `bias` are the wrapped layer's own Parameters (frozen by
     the caller), plus `lora_A` (in -> r) and `lora_B` (r -> out), initialised as PEFT does."""
@@ -59,7 +64,7 @@ class LoRALinear(nn.Linear):
 
     def delta_weight(self) -> torch.Tensor:
         """(alpha / r) * B @ A, the update as a weight of the base's shape (out, in)."""
-        return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
+        return lora_delta(self.lora_A.weight, self.lora_B.weight, self.scaling)
 
     def merged(self) -> nn.Linear:
         """A plain nn.Linear with weight W + (alpha / r) * B @ A and the base's bias (new tensors)."""

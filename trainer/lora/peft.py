@@ -23,6 +23,7 @@ from torch import nn
 
 from trainer.errors import InputError
 from trainer.lora.apply import ADAPTERS, matches, target_modules
+from trainer.lora.layers import lora_delta
 
 PEFT_PREFIX = "base_model.model."  # what PeftModel puts in front of the wrapped model's names
 
@@ -72,12 +73,12 @@ def merged_weights(
     model: nn.Module, lora: dict[str, Any], adapters: dict[str, torch.Tensor], base: dict[str, torch.Tensor], source: str
 ) -> dict[str, torch.Tensor]:
     """`base` (the plain model's state dict) with every adapted layer's weight replaced by
-    W + (alpha / r) * B @ A, as LoRALinear.merged computes it."""
+    W + (alpha / r) * B @ A (`lora_delta`, as LoRALinear.merged computes it)."""
     scaling = float(lora["alpha"]) / int(lora["rank"])
     merged = dict(base)
     for module in adapted_modules(model, lora, adapters, source):
         key = f"{module}.weight"
-        delta = (adapters[f"{module}.lora_B.weight"] @ adapters[f"{module}.lora_A.weight"]) * scaling
+        delta = lora_delta(adapters[f"{module}.lora_A.weight"], adapters[f"{module}.lora_B.weight"], scaling)
         merged[key] = base[key].to(delta.dtype) + delta
     return merged
 
