@@ -73,6 +73,11 @@ def pretrained_keys(model: nn.Module, keys: Iterable[str]) -> list[str] | None:
     return None if base is None else [key for key in keys if key not in base.trained]
 
 
+def adapter_keys_in(state: dict[str, Any]) -> list[str]:
+    """The keys of `state` (a weights file's model state) that are LoRA adapters, PEFT's names."""
+    return [key for key in state if ADAPTER_KEY.search(key)]
+
+
 def only_checkpointed(model: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
     """`state` (a model state dict) without the frozen tensors a checkpoint of `model` leaves out."""
     keys = checkpointed_keys(model)

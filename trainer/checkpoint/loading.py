@@ -79,6 +79,7 @@ def load_model_state(
     tensors from its own checkpoints; a key outside them counts as unexpected in `state`.
     """
     own = model.state_dict()
+    expected = None if expected is None else set(expected)  # a list of thousands of keys: no quadratic lookups
     wanted = shapes(own) if expected is None else {key: tuple(own[key].shape) for key in own if key in expected}
     # a tied key the file omits loads through its alias
     report = LoadReport.compare(wanted, shapes(state), aliases=weight_files.tied_aliases(model))

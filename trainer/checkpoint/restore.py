@@ -13,7 +13,7 @@ from torch import nn
 
 from trainer.checkpoint import hf_directory
 from trainer.checkpoint.formats import format_of
-from trainer.checkpoint.frozen_base import ADAPTER_KEY, KEY_BASE, FrozenBase, frozen_base_of, pretrained_keys
+from trainer.checkpoint.frozen_base import KEY_BASE, FrozenBase, adapter_keys_in, frozen_base_of, pretrained_keys
 from trainer.checkpoint.hf_export import ADAPTER_CONFIG_NAME
 from trainer.checkpoint.layout import KEY_CONFIG, KEY_ITERATION, KEY_OPTIMIZER, KEY_SCHEDULER, TrainingState
 from trainer.checkpoint.loading import load_model_state
@@ -282,7 +282,7 @@ def load_pretrained(model: nn.Module, config: Config, strategy: SingleDevice | N
 def _refuse_adapters(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], source: str) -> None:
     """InputError for a file of LoRA adapters (`<module>.lora_A.weight`, ...) given as the weights
     of a model that has no such tensors: it is not a model, and would load nothing or fail late."""
-    adapters = [key for key in state if ADAPTER_KEY.search(key) and key not in own]
+    adapters = [key for key in adapter_keys_in(state) if key not in own]
     if adapters:
         raise InputError(
             f"{source} holds LoRA adapters (e.g. {adapters[0]}), not a model's weights; set pretrain_path to the base model "

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainer.checkpoint.frozen_base import ADAPTER_KEY, KEY_BASE, frozen_base_of
+from trainer.checkpoint.frozen_base import KEY_BASE, adapter_keys_in, frozen_base_of
 from trainer.checkpoint.loading import load_model_state
 from trainer.checkpoint.restore import load_pretrained, other_base
 from trainer.config.schema import Config
@@ -26,14 +26,14 @@ from trainer.lora.apply import apply_run_lora
 
 def holds_adapters(state: dict[str, torch.Tensor]) -> bool:
     """Whether a weights file's model state has LoRA adapters (`<module>.lora_A.weight`, PEFT's names)."""
-    return any(ADAPTER_KEY.search(key) for key in state)
+    return bool(adapter_keys_in(state))
 
 
 def load_adapted(model: nn.Module, config: Config, state: dict[str, torch.Tensor], whole: Any, source: str) -> str:
     """Make `model` (built from `config`, still without adapters) the LoRA run's model: the
     config's train.lora applied, the base loaded from its pretrain_path, then the adapters in
     `state` (read from `whole`, the file's content) loaded strictly. The note for the log."""
-    example = next(key for key in state if ADAPTER_KEY.search(key))
+    example = adapter_keys_in(state)[0]
     if config.train.lora is None:
         raise InputError(
             f"{source} holds LoRA adapters (e.g. {example}), but the config has no train.lora; pass the config of the "
